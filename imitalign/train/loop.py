@@ -1,0 +1,358 @@
+"""The one training loop. Every method — SFT, DIL, DPO, IQLearn, each round of an iterative loop — runs here.
+
+    setup    seed · accelerator · config and data validated before any model loads · tokenizer, policy
+             · data tokenised · reference log-probs (precomputed once, or a frozen/adapter reference)
+    train    for each optimiser step: micro-batches (hand-accumulated, DDP sync on the last) → loss →
+             clip → AdamW → schedule; log · eval · atomic checkpoint; stop on a non-finite loss
+    cleanup  final eval · ``save_pretrained`` model + tokenizer · summary.json
+
+Resume (``resume=True``) loads the newest complete checkpoint of ``run.output_dir`` and continues at the
+next optimiser step: the data order is a function of (seed, epoch, step), and model, optimiser, scheduler
+and RNG states come from the checkpoint, so the result equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from imitalign import objectives
+from imitalign.config import Config, dump_config
+from imitalign.data.collate import collate_demos, collate_pairs
+from imitalign.data.dataset import build_datasets, validate_data
+from imitalign.model.load import load_policy, save_model
+from imitalign.model.logprobs import LogProbModel
+from imitalign.train import steps
+from imitalign.train.batching import epoch_order, plan_step, steps_per_epoch
+from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from imitalign.train.reference import attach_reference, precompute_reference
+from imitalign.train.tracking import MetricsLog, Throughput, available_trackers, peak_memory_mb
+
+log = logging.getLogger(__name__)
+
+DATA_KIND = {"pair": "preference", "token": "demonstration"}
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, ...); the message says what happened and what is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    model_dir: Path
+    steps: int
+    train_metrics: dict[str, float] = field(default_factory=dict)
+    eval_metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """Fields that change what is trained (not where it is logged) — a resumed run must match them."""
+    keep = cfg.model_dump(mode="json", exclude={"train": {"log_every", "eval_every", "save_every", "trackers"}})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _mixed_precision(name: str) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _collate(kind: str, items: list, pad_id: int, ref: torch.Tensor | None, idx: list[int]) -> dict:
+    if kind == "pair":
+        batch = collate_pairs(items, pad_id)
+        if ref is not None:
+            sel = ref[idx]
+            batch["ref_logps"] = torch.cat([sel[:, 0], sel[:, 1]])
+        return batch
+    return collate_demos(items, pad_id)
+
+
+def _response_tokens(batch: dict[str, torch.Tensor]) -> int:
+    return int(batch["response_mask"][:, 1:].sum())
+
+
+class _MetricMean:
+    """Example-weighted means of metric dicts (tensors stay on device until logging)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weight = 0.0
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float() * weight
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.weight += weight
+
+    def result(self, accelerator: Accelerator) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        vec = torch.stack([self.sums[k] for k in keys] + [torch.tensor(self.weight, device=self.sums[keys[0]].device)])
+        vec = accelerator.reduce(vec, "sum") if accelerator.num_processes > 1 else vec
+        vals = (vec[:-1] / vec[-1].clamp(min=1e-12)).tolist()
+        return dict(zip(keys, vals, strict=True))
+
+
+def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainResult:
+    t_start = time.perf_counter()
+    # ---------------------------------------------------------------- setup
+    spec = objectives.get(cfg.objective.name)
+    if spec.kind not in DATA_KIND:
+        raise NotImplementedError(f"objective {spec.name!r} of kind {spec.kind!r} is trained by its own command")
+    fn = objectives.build(cfg.objective.name, cfg.objective.options)
+    validate_data(cfg.data, DATA_KIND[spec.kind])  # before any model loads
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+
+    run_dir = Path(cfg.run.output_dir)
+    trackers = available_trackers(list(cfg.train.trackers))
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+        log_with=trackers or None,
+        project_dir=str(run_dir),
+    )
+    main = accelerator.is_main_process
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise TrainingError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
+        saved = json.loads((ckpt / "trainer_state.json").read_text())
+        if saved.get("config_fingerprint") != config_fingerprint(cfg):
+            raise TrainingError(
+                f"--resume: {ckpt} was written by a different configuration (what is trained changed); "
+                "resume with the config saved in the run folder, or start a new output_dir"
+            )
+    elif (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+        raise TrainingError(f"{run_dir} already holds checkpoints: pass --resume to continue, or pick a new output_dir")
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    set_seed(cfg.run.seed)
+
+    model, tok = load_policy(cfg.model, cfg.run.seed)
+    train_items, eval_items, report = build_datasets(cfg.data, tok, DATA_KIND[spec.kind], seed=cfg.run.seed)
+    if main:
+        (run_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        if not quiet:
+            print(report.summary())
+    if not train_items:
+        raise TrainingError(f"no training examples left after parsing and truncation:\n{report.summary()}")
+
+    engine = LogProbModel(model, chunk_tokens=None)
+    ref_logps = None
+    ref_engine = None
+    if spec.needs_reference:
+        if cfg.reference.precompute:
+            ref_logps = precompute_reference(
+                cfg, engine, model, tok, train_items + eval_items, accelerator, quiet=quiet
+            )
+        else:
+            ref_engine = attach_reference(cfg, model, tok, accelerator)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    bs, accum = cfg.train.batch_size, cfg.train.grad_accum
+    global_batch = bs * world * accum
+    per_epoch = steps_per_epoch(len(train_items), global_batch)
+    total_steps = cfg.train.max_steps or max(1, math.ceil(per_epoch * cfg.train.epochs))
+
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.train.lr,
+        betas=cfg.train.adam_betas,
+    )
+    scheduler = get_scheduler(
+        cfg.train.schedule if cfg.train.schedule != "constant" else "constant_with_warmup",
+        optimizer,
+        num_warmup_steps=int(cfg.train.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    engine, optimizer, scheduler = accelerator.prepare(engine, optimizer, scheduler)
+    if ref_engine is not None and not isinstance(ref_engine, str):
+        ref_engine = accelerator.prepare_model(ref_engine, evaluation_mode=True)
+    if trackers and main:
+        accelerator.init_trackers(cfg.run.name or run_dir.name, config=cfg.model_dump(mode="json"))
+
+    step = 0
+    if resume:
+        state = load_checkpoint(accelerator, ckpt)
+        step = state["step"]
+        if main and not quiet:
+            print(f"resumed from {ckpt} at step {step}/{total_steps}")
+
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", accelerator, enabled=main)
+    lengths = None
+    pad_id = tok.pad_token_id
+
+    def run_eval() -> dict[str, float]:
+        if not eval_items:
+            return {}
+        engine.eval()
+        acc = _MetricMean()
+        ebs = cfg.train.eval_batch_size or bs
+        mine = list(range(len(eval_items)))[rank::world]
+        with torch.no_grad():
+            for s in range(0, len(mine), ebs):
+                idx = mine[s : s + ebs]
+                eidx = [len(train_items) + i for i in idx]
+                batch = _collate(spec.kind, [eval_items[i] for i in idx], pad_id, ref_logps, eidx)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                ones = torch.ones(len(idx), device=accelerator.device)
+                if ref_engine is not None and spec.kind == "pair":
+                    batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
+                if spec.kind == "pair":
+                    _, m = steps.pair_loss(engine, fn, batch, weights=ones, step_examples=len(idx), world=1)
+                else:
+                    ntok = _response_tokens(batch)
+                    _, m = steps.token_loss(engine, fn, batch, weights=ones, step_tokens=ntok, world=1)
+                acc.add(m, len(idx))
+        engine.train()
+        return acc.result(accelerator)
+
+    # ---------------------------------------------------------------- train
+    engine.train()
+    bar = tqdm(total=total_steps, initial=step, disable=not main or quiet, desc=f"train {spec.name}", dynamic_ncols=True)
+    speed = Throughput()
+    window = _MetricMean()
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    cached_epoch, order = -1, []
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, per_epoch)
+        if epoch != cached_epoch:
+            order = epoch_order(len(train_items), cfg.run.seed, epoch, lengths)
+            cached_epoch = epoch
+        plan = plan_step(order, in_epoch, bs, accum, world, rank)
+        micro_batches = []
+        for idx in plan.micro:
+            weights = torch.ones(len(idx))
+            if not idx:  # this process has no share of a short last step: a zero-weight stand-in keeps DDP in step
+                idx, weights = [order[0]], torch.zeros(1)
+            batch = _collate(spec.kind, [train_items[i] for i in idx], pad_id, ref_logps, idx)
+            micro_batches.append((batch, weights))
+        step_tokens_local = sum(_response_tokens(b) for b, w in micro_batches if w.sum() > 0)
+        step_tokens = step_tokens_local
+        if spec.kind == "token" and world > 1:
+            t = torch.tensor(step_tokens_local, device=accelerator.device)
+            step_tokens = int(accelerator.reduce(t, "sum"))
+        step_loss = torch.zeros((), device=accelerator.device)
+        for m, (batch, weights) in enumerate(micro_batches):
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            weights = weights.to(accelerator.device)
+            if ref_engine is not None and spec.kind == "pair":
+                batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
+            sync = m == len(micro_batches) - 1
+            ctx = accelerator.no_sync(engine) if not sync and world > 1 else _nullcontext()
+            with ctx, accelerator.autocast():
+                if spec.kind == "pair":
+                    loss, metrics = steps.pair_loss(
+                        engine, fn, batch, weights=weights, step_examples=plan.n_examples, world=world
+                    )
+                else:
+                    loss, metrics = steps.token_loss(
+                        engine, fn, batch, weights=weights, step_tokens=step_tokens, world=world
+                    )
+                accelerator.backward(loss)
+            step_loss += loss.detach()
+            window.add(metrics, float(weights.sum()))
+            speed.add(int(batch["attention_mask"].sum()) if weights.sum() > 0 else 0)
+        grad_norm = None
+        if cfg.train.max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(engine.parameters(), cfg.train.max_grad_norm)
+        # one host sync per optimiser step: stop before a non-finite loss reaches the weights or a checkpoint
+        check = step_loss if grad_norm is None else step_loss + 0 * grad_norm
+        if not torch.isfinite(check):
+            last = latest_checkpoint(run_dir)
+            raise TrainingError(
+                f"non-finite loss or gradient at step {step + 1} (objective {spec.name}, lr {scheduler.get_last_lr()[0]:.3g}); "
+                f"the weights were not updated. Last good checkpoint: {last or 'none'}. "
+                "Lower the learning rate, check the data, or for dil_lsif lower beta / keep length_normalize on."
+            )
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step == total_steps:
+            last_train = window.result(accelerator)
+            window = _MetricMean()
+            tps = speed.rate() * world
+            record = {f"train/{k}": v for k, v in last_train.items()}
+            record.update({"lr": scheduler.get_last_lr()[0], "epoch": step / per_epoch, "tokens_per_s": tps,
+                           "peak_mem_mb": peak_memory_mb()})
+            if grad_norm is not None:
+                record["grad_norm"] = float(grad_norm)
+            metrics_log.write(record, step)
+            bar.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}", tok_s=f"{tps:.0f}")
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
+            last_eval = run_eval()
+            metrics_log.write({f"eval/{k}": v for k, v in last_eval.items()}, step)
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
+            save_checkpoint(
+                accelerator, run_dir, step,
+                {"step": step, "epoch": step / per_epoch, "config_fingerprint": config_fingerprint(cfg)},
+                keep=cfg.train.keep_checkpoints,
+            )
+    bar.close()
+
+    # ---------------------------------------------------------------- cleanup
+    last_eval = run_eval()
+    if last_eval:
+        metrics_log.write({f"eval/{k}": v for k, v in last_eval.items()}, step)
+    model_dir = run_dir / "model"
+    accelerator.wait_for_everyone()
+    if main:
+        lm = accelerator.unwrap_model(engine).lm
+        tmp = run_dir / "model.tmp"
+        save_model(lm, tok, tmp)
+        if model_dir.exists():
+            import shutil
+
+            shutil.rmtree(model_dir)
+        os.replace(tmp, model_dir)
+    seconds = time.perf_counter() - t_start
+    result = TrainResult(run_dir, model_dir, step, last_train, last_eval, seconds)
+    if main:
+        summary = {"steps": step, "seconds": seconds, "train": last_train, "eval": last_eval,
+                   "model_dir": str(model_dir)}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.end_training()
+    return result
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _reference_logps(ref_engine: Any, engine: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Reference log-probs on the fly: a frozen copy, or (``"adapter"``) the policy with its LoRA disabled."""
+    with torch.no_grad():
+        if ref_engine == "adapter":
+            lm = engine.module.lm if hasattr(engine, "module") else engine.lm
+            with lm.disable_adapter():
+                return steps.sequence_logps(engine, batch)
+        return steps.sequence_logps(ref_engine, batch)

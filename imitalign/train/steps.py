@@ -1,0 +1,69 @@
+"""One micro-batch's loss for each kind of objective.
+
+Normalisation (what the optimiser step averages over), with ``W`` processes whose gradients DDP averages
+and micro-batches whose gradients are summed (accumulation is done by hand, without dividing):
+- pair objectives: the mean over the step's examples, ``loss = Σ_i w_i ℓ_i · W / G`` (``G`` examples in the
+  whole optimiser step, across processes and micro-batches);
+- token objectives: the mean over the step's response tokens, ``loss = Σ_t ℓ_t · W / N`` (``N`` response
+  tokens in the whole optimiser step), so that long and short demonstrations weigh per token in every split.
+Both make the update independent of how the step is split across processes and accumulation steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from imitalign.model.logprobs import to_logprobs
+
+
+def forward(engine: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    return engine(batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch.get("position_ids"))
+
+
+def pair_loss(
+    engine: Any,
+    fn: Callable,
+    batch: dict[str, Tensor],
+    *,
+    weights: Tensor,
+    step_examples: int,
+    world: int,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    flat, _ = forward(engine, batch)
+    lp = to_logprobs(flat, None, batch["response_mask"])
+    b = lp.logps.shape[0] // 2
+    ref = batch.get("ref_logps")
+    losses, metrics = fn(
+        lp.logps[:b],
+        lp.logps[b:],
+        None if ref is None else ref[:b],
+        None if ref is None else ref[b:],
+        lp.n_tokens[:b],
+        lp.n_tokens[b:],
+    )
+    return (losses * weights).sum() * (world / step_examples), metrics
+
+
+def token_loss(
+    engine: Any,
+    fn: Callable,
+    batch: dict[str, Tensor],
+    *,
+    weights: Tensor,
+    step_tokens: int,
+    world: int,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    flat, values = forward(engine, batch)
+    lp = to_logprobs(flat, values, batch["response_mask"])
+    losses, metrics = fn(lp.token_logps, lp.token_mask, lp.token_values, num_tokens=step_tokens / world)
+    return (losses * weights).sum(), metrics
+
+
+@torch.no_grad()
+def sequence_logps(engine: Any, batch: dict[str, Tensor]) -> Tensor:
+    flat, _ = forward(engine, batch)
+    return to_logprobs(flat, None, batch["response_mask"]).logps

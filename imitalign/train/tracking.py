@@ -1,0 +1,71 @@
+"""Metrics: a JSONL file in the run folder (always), TensorBoard/W&B through accelerate's trackers (when
+installed and asked for), throughput and peak memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def available_trackers(requested: list[str]) -> list[str]:
+    out = []
+    for name in requested:
+        if importlib.util.find_spec(name) is None:
+            log.warning("tracker %r requested but the package is not installed: skipping it", name)
+        else:
+            out.append(name)
+    return out
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory when on GPU, else the process's peak resident set size."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+class MetricsLog:
+    """Appends one JSON object per logging event to ``metrics.jsonl``; mirrors to accelerate trackers."""
+
+    def __init__(self, path: Path, accelerator: Any, enabled: bool):
+        self.path = path
+        self.accelerator = accelerator
+        self.enabled = enabled
+
+    def write(self, record: dict[str, Any], step: int) -> None:
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, (int, float, torch.Tensor)) else v) for k, v in record.items()}
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, "time": round(time.time(), 3), **clean}) + "\n")
+        numeric = {k: v for k, v in clean.items() if isinstance(v, float)}
+        if self.accelerator.trackers:
+            self.accelerator.log(numeric, step=step)
+
+
+class Throughput:
+    """Real (non-padding) tokens per second between two logging events."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def rate(self) -> float:
+        dt = time.perf_counter() - self.t0
+        rate = self.tokens / dt if dt > 0 else 0.0
+        self.tokens, self.t0 = 0, time.perf_counter()
+        return rate
