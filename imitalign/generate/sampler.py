@@ -1,0 +1,269 @@
+"""Sampling from a causal LM with ``transformers`` ``generate``: batched, KV cache, seeded, EOS-aware.
+
+Seeding. Each row (a prompt index ``i`` and a sample index ``j``) owns a ``torch.Generator`` seeded with a
+hash of ``(seed, i, j)``. Tokens are drawn by the Gumbel-max trick inside a logits processor, and
+``generate`` runs in greedy mode on the perturbed scores:
+
+    y_t = argmax_v ( z̃_t[v] + G_t[v] ),   G_t[v] = −log(−log U_t[v]),   U_t ~ Uniform(0, 1)^V  (row's generator)
+
+where ``z̃_t`` are the logits after temperature (``z / T``) and top-p filtering (``−inf`` outside the
+nucleus). ``argmax(z̃ + G)`` is an exact draw from ``softmax(z̃)``, and because every row consumes only its
+own random stream, a row's sample does not depend on the batch it lands in, the batch size or the order of
+the prompts (up to float differences of padded vs unpadded attention, which on CPU are below what flips a
+Gumbel argmax in practice). ``temperature=0`` is greedy decoding.
+
+Log-probs. ``token_logps[t] = log_softmax(z_t)[y_t]`` of the *raw* logits ``z_t`` (temperature 1, no top-p),
+i.e. ``log π(y_t | x, y_<t)`` under the model itself, whatever temperature or top-p drew the sample; their sum
+is ``log π(y|x)`` as a teacher-forced forward (``imitalign.model.logprobs``) computes it. They are recorded by
+a logits processor placed first in the list, with every built-in ``generate`` processor neutralised
+(repetition penalty 1, no n-gram ban, no minimum length), so it sees the model's logits unchanged.
+``token_entropies[t] = −Σ_v π(v|·) log π(v|·)`` of the same raw distribution.
+
+EOS. Generation stops at the first EOS (any of the tokenizer's and the model's EOS ids); ``response_ids``
+keep that EOS and nothing after it; ``finished`` is False for rows cut by ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+
+@dataclass
+class Sample:
+    """One sampled response. ``token_logps``/``token_entropies`` have one entry per ``response_ids`` token."""
+
+    prompt_index: int
+    sample_idx: int
+    response_ids: list[int]
+    text: str
+    token_logps: list[float]
+    finished: bool
+    token_entropies: list[float] = field(default_factory=list)
+
+    @property
+    def logp(self) -> float:
+        """``log π(y|x) = Σ_t token_logps[t]`` (EOS included when present)."""
+        return float(sum(self.token_logps))
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.response_ids)
+
+
+def row_seed(seed: int, prompt_index: int, sample_idx: int) -> int:
+    """The 63-bit seed of row ``(prompt_index, sample_idx)``'s generator (blake2b of the triple)."""
+    digest = hashlib.blake2b(f"{seed}:{prompt_index}:{sample_idx}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _Recorder(LogitsProcessor):
+    """Records ``log_softmax`` of the raw scores at the chosen tokens, and the entropies. Step ``t``'s token
+    is only known at step ``t+1`` (``input_ids[:, -1]``) or, for the last step, after ``generate``."""
+
+    def __init__(self) -> None:
+        self.prev: Tensor | None = None
+        self.token_logps: list[Tensor] = []
+        self.entropies: list[Tensor] = []
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.prev is not None:
+            self.token_logps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        plogp = torch.where(torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
+        self.entropies.append(-plogp.sum(dim=-1))
+        self.prev = logp
+        return scores
+
+    def finish(self, last_tokens: Tensor) -> tuple[Tensor, Tensor]:
+        """``([B, S] token log-probs, [B, S] entropies)`` once the last step's tokens are known."""
+        if self.prev is not None:
+            self.token_logps.append(self.prev.gather(1, last_tokens.unsqueeze(1)).squeeze(1))
+        return torch.stack(self.token_logps, dim=1), torch.stack(self.entropies, dim=1)
+
+
+class _GumbelNoise(LogitsProcessor):
+    """Adds per-row Gumbel noise from per-row generators (module docstring)."""
+
+    def __init__(self, seeds: Sequence[int]) -> None:
+        self.seeds = list(seeds)
+        self.generators: list[torch.Generator] | None = None
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if self.generators is None:
+            self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
+        vocab = scores.shape[-1]
+        u = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
+        gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+        return scores + gumbel.to(scores.dtype)
+
+
+def _eos_ids(model: nn.Module, tokenizer: Any, eos_token_id: int | Sequence[int] | None) -> list[int]:
+    if eos_token_id is not None:
+        return [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    ids: list[int] = []
+    for source in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if source is None:
+            continue
+        ids += [source] if isinstance(source, int) else list(source)
+    if not ids:
+        raise ValueError("no EOS token: the tokenizer and the model's generation config define none")
+    return list(dict.fromkeys(ids))
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
+    """Token ids of prompts: a string is encoded as plain text (the gym renders prompts this way); a message
+    list goes through the tokenizer's chat template with the generation prompt."""
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append(list(tokenizer(p)["input_ids"]))
+        elif getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=True)
+            out.append(list(ids["input_ids"] if isinstance(ids, dict) else ids))
+        else:
+            raise ValueError("a message-list prompt needs a tokenizer with a chat template")
+    return out
+
+
+@torch.no_grad()
+def sample(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    n: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    eos_token_id: int | Sequence[int] | None = None,
+    progress: bool = False,
+) -> list[Sample]:
+    """``n`` samples for each prompt, ordered by ``(prompt_index, sample_idx)``.
+
+    Rows are sorted by prompt length and cut into batches of ``batch_size`` (left padding, KV cache). The
+    model is put in eval mode for the call and restored after. See the module docstring for the seeding,
+    the log-probs (raw logits, temperature 1) and the EOS rules.
+    """
+    if n < 1 or batch_size < 1 or max_new_tokens < 1:
+        raise ValueError("n, batch_size and max_new_tokens must be >= 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if any(len(p) == 0 for p in prompt_ids):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    eos = _eos_ids(model, tokenizer, eos_token_id)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    device = _device(model)
+    rows = sorted(((i, j) for i in range(len(prompt_ids)) for j in range(n)),
+                  key=lambda r: (-len(prompt_ids[r[0]]), r))
+    batches = [rows[k : k + batch_size] for k in range(0, len(rows), batch_size)]
+    if progress:
+        from rich.progress import track
+
+        batches = track(batches, description="sampling")
+    gen_config = GenerationConfig(
+        do_sample=False,  # sampling is done by _GumbelNoise; greedy on perturbed scores
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        use_cache=True,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_repetition_penalty=1.0,
+        min_new_tokens=0,  # overrides any min_length of the model's config (the processor stays inert)
+        remove_invalid_values=False,
+    )
+    was_training = model.training
+    model.eval()
+    out: dict[tuple[int, int], Sample] = {}
+    try:
+        for batch in batches:
+            width = max(len(prompt_ids[i]) for i, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for r, (i, _) in enumerate(batch):
+                ids = list(prompt_ids[i])
+                input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+                attention[r, width - len(ids) :] = 1
+            recorder = _Recorder()
+            processors: list[LogitsProcessor] = [recorder]
+            if temperature > 0:
+                if temperature != 1.0:
+                    processors.append(TemperatureLogitsWarper(temperature))
+                if top_p < 1.0:
+                    processors.append(TopPLogitsWarper(top_p))
+                processors.append(_GumbelNoise([row_seed(seed, i, j) for i, j in batch]))
+            sequences = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=gen_config,
+                logits_processor=LogitsProcessorList(processors),
+            )
+            new = sequences[:, width:]
+            logps, entropies = recorder.finish(new[:, -1])
+            new, logps, entropies = new.cpu(), logps.cpu(), entropies.cpu()
+            eos_hits = torch.isin(new, torch.tensor(eos))
+            for r, (i, j) in enumerate(batch):
+                hits = eos_hits[r].nonzero()
+                finished = hits.numel() > 0
+                length = int(hits[0]) + 1 if finished else new.shape[1]
+                ids = new[r, :length].tolist()
+                text_ids = ids[:-1] if finished else ids
+                out[(i, j)] = Sample(
+                    prompt_index=i,
+                    sample_idx=j,
+                    response_ids=ids,
+                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                    token_logps=logps[r, :length].tolist(),
+                    finished=finished,
+                    token_entropies=entropies[r, :length].tolist(),
+                )
+    finally:
+        model.train(was_training)
+    return [out[r] for r in sorted(out)]
+
+
+def sample_rows(prompts: Sequence[Any], samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """Sample rows (contracts.md): ``{"prompt", "response", "sample_idx", "n_tokens", "logp", "finished",
+    "prompt_index"}``; ``n_tokens`` and ``logp`` count the EOS token when the response has one."""
+    return [
+        {
+            "prompt": prompts[s.prompt_index],
+            "response": s.text,
+            "sample_idx": s.sample_idx,
+            "n_tokens": s.n_tokens,
+            "logp": s.logp,
+            "finished": s.finished,
+            "prompt_index": s.prompt_index,
+        }
+        for s in samples
+    ]
+
+
+def write_samples_jsonl(path: str | Path, prompts: Sequence[Any], samples: Sequence[Sample]) -> Path:
+    """Write :func:`sample_rows` as JSONL (atomically: a temporary file renamed into place)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in sample_rows(prompts, samples):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
