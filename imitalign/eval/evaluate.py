@@ -123,13 +123,18 @@ def evaluate_model(
     max_new_tokens: int = 64,
     batch_size: int = 32,
     progress: bool = False,
+    prompt_ids: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Sample, score and measure (module docstring). ``reward_fn`` maps ``{"prompt", "response"}`` rows to
     scores (e.g. :func:`imitalign.gym.build.gold_rewards`). ``baseline_scores``: one per sample, in this
     function's order (prompt-major, then sample index; e.g. a baseline run's ``per_sample["score"]``) or one
     per prompt; ``chosen_scores``: one per prompt. ``heldout_pairs``: ``{"prompt", "chosen", "rejected"}``
-    rows (plain-text rendering: prompt ids, then response ids + EOS)."""
-    prompt_ids = encode_prompts(tokenizer, prompts)
+    rows (plain-text rendering: prompt ids, then response ids + EOS). ``prompt_ids``: the prompts already
+    tokenised (e.g. by the data layer's chat-template rendering); default :func:`encode_prompts`."""
+    if prompt_ids is None:
+        prompt_ids = encode_prompts(tokenizer, prompts)
+    elif len(prompt_ids) != len(prompts):
+        raise ValueError(f"{len(prompt_ids)} prompt_ids for {len(prompts)} prompts")
     samples = sample(model, tokenizer, prompt_ids, n=n, temperature=temperature, top_p=top_p,
                      max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, progress=progress)
     groups = [s.prompt_index for s in samples]
