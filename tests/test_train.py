@@ -13,14 +13,13 @@ from safetensors.torch import load_file
 from imitalign.config import load_config
 from imitalign.train import loop
 from imitalign.train.loop import TrainingError, train
-from tests.helpers import REAL, TINY_LLAMA
+from imitalign.gym.task import TOPICS as GYM_TOPICS
+from imitalign.gym.tokenizer import save_tokenizer
+from tests.helpers import TINY_LLAMA
 
-GPT2 = REAL / "tokenizers" / "gpt2"
-pytestmark = pytest.mark.skipif(not GPT2.exists(), reason="../shared/data/real is absent")
-
-GOOD = ["great", "kind", "helpful", "clear", "honest", "calm"]
-BAD = ["rude", "wrong", "lazy", "angry", "vague", "false"]
-TOPICS = ["cats", "rain", "music", "bread", "trains", "stars", "tea", "maps"]
+GOOD = list(GYM_TOPICS["sea"])
+BAD = list(GYM_TOPICS["city"])
+TOPICS = ["forest", "space", "music", "food"]
 
 
 def write_pairs(path: Path, n: int, seed: int) -> Path:
@@ -31,7 +30,7 @@ def write_pairs(path: Path, n: int, seed: int) -> Path:
             topic = rng.choice(TOPICS)
             good = " ".join(rng.choice(GOOD) for _ in range(rng.randint(2, 5)))
             bad = " ".join(rng.choice(BAD) for _ in range(rng.randint(2, 5)))
-            f.write(json.dumps({"prompt": f"Tell me about {topic}.", "chosen": good, "rejected": bad}) + "\n")
+            f.write(json.dumps({"prompt": f"write about {topic} , short =>", "chosen": good, "rejected": bad}) + "\n")
     return path
 
 
@@ -40,11 +39,12 @@ def write_demos(path: Path, n: int, seed: int) -> Path:
     with path.open("w") as f:
         for _ in range(n):
             topic = rng.choice(TOPICS)
-            f.write(json.dumps({"prompt": f"Tell me about {topic}.", "response": f"{topic} are {rng.choice(GOOD)}"}) + "\n")
+            f.write(json.dumps({"prompt": f"write about {topic} , short =>", "response": f"{topic} {rng.choice(GOOD)} {rng.choice(GOOD)} ."}) + "\n")
     return path
 
 
 def make_cfg(tmp_path: Path, objective: str, options: dict | None = None, **train_kw):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     kind_file = (
         write_demos(tmp_path / "demos.jsonl", 96, 0)
         if objective in ("mle", "iqlearn")
@@ -52,7 +52,7 @@ def make_cfg(tmp_path: Path, objective: str, options: dict | None = None, **trai
     )
     raw = {
         "run": {"output_dir": str(tmp_path / f"run_{objective}"), "seed": 3},
-        "model": {"config": dict(TINY_LLAMA), "tokenizer": str(GPT2)},
+        "model": {"config": dict(TINY_LLAMA), "tokenizer": str(save_tokenizer(tmp_path / "tok"))},
         "data": {"train": {"path": str(kind_file)}, "eval_fraction": 0.2, "chat_template": "none", "max_length": 64},
         "objective": {"name": objective, "options": options or {}},
         "train": {"batch_size": 8, "lr": 3e-3, "epochs": 2, "warmup_ratio": 0.0, "log_every": 5,
@@ -82,9 +82,10 @@ def test_preference_training_raises_heldout_accuracy(tmp_path, objective, option
 def test_mle_and_iqlearn_lower_heldout_nll(tmp_path):
     first = None
     for objective in ("mle", "iqlearn"):
-        cfg = make_cfg(tmp_path, objective, {"lam": 0.1} if objective == "iqlearn" else {})
+        cfg = make_cfg(tmp_path, objective, {"lam": 0.1} if objective == "iqlearn" else {}, epochs=6)
         result = train(cfg, quiet=True)
-        assert result.eval_metrics["nll"] < 2.0, result.eval_metrics  # from ~10.8 (uniform over 50k tokens)
+        # uniform over the vocabulary is log(|V|) ≈ 5.3; the responses have ~3.3 nats of real entropy per 4 tokens
+        assert result.eval_metrics["nll"] < 1.6, result.eval_metrics
         first = first or result
     assert first is not None
 

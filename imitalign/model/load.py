@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
 
 from imitalign.config import ModelConfig
 
@@ -34,8 +34,14 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     source = cfg.tokenizer or cfg.name_or_path
+    folder = Path(str(source))
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() and not any(
+            (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+        ):  # a bare byte-level BPE (GPT-2's encoder files)
+            tok = GPT2TokenizerFast.from_pretrained(folder)
+        else:
+            tok = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - report what failed and where
         raise ValueError(f"could not load a tokenizer from {source!r}: {e}") from e
     if tok.eos_token is None:
