@@ -66,9 +66,9 @@ class DataSource(_Strict):
     hub dataset id."""
 
     path: str
-    format: Literal[
-        "auto", "preference", "ultrafeedback", "hh", "demonstration", "messages", "alpaca", "prompt"
-    ] = "auto"
+    format: Literal["auto", "preference", "ultrafeedback", "hh", "demonstration", "messages", "alpaca", "prompt"] = (
+        "auto"
+    )
     columns: dict[str, str] = Field(default_factory=dict)  # our name -> the file's column name
     split: str | None = None
     limit: int | None = None

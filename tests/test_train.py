@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from imitalign.config import load_config
-from imitalign.train import loop
-from imitalign.train.loop import TrainingError, train
 from imitalign.gym.task import TOPICS as GYM_TOPICS
 from imitalign.gym.tokenizer import save_tokenizer
+from imitalign.train import loop
+from imitalign.train.loop import TrainingError, train
 from tests.helpers import TINY_LLAMA
 
 GOOD = list(GYM_TOPICS["sea"])
@@ -39,7 +39,15 @@ def write_demos(path: Path, n: int, seed: int) -> Path:
     with path.open("w") as f:
         for _ in range(n):
             topic = rng.choice(TOPICS)
-            f.write(json.dumps({"prompt": f"write about {topic} , short =>", "response": f"{topic} {rng.choice(GOOD)} {rng.choice(GOOD)} ."}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"write about {topic} , short =>",
+                        "response": f"{topic} {rng.choice(GOOD)} {rng.choice(GOOD)} .",
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -55,15 +63,20 @@ def make_cfg(tmp_path: Path, objective: str, options: dict | None = None, **trai
         "model": {"config": dict(TINY_LLAMA), "tokenizer": str(save_tokenizer(tmp_path / "tok"))},
         "data": {"train": {"path": str(kind_file)}, "eval_fraction": 0.2, "chat_template": "none", "max_length": 64},
         "objective": {"name": objective, "options": options or {}},
-        "train": {"batch_size": 8, "lr": 3e-3, "epochs": 2, "warmup_ratio": 0.0, "log_every": 5,
-                  "schedule": "constant", **train_kw},
+        "train": {
+            "batch_size": 8,
+            "lr": 3e-3,
+            "epochs": 2,
+            "warmup_ratio": 0.0,
+            "log_every": 5,
+            "schedule": "constant",
+            **train_kw,
+        },
     }
     return load_config(None, raw=raw)
 
 
-@pytest.mark.parametrize(
-    ("objective", "options"), [("dpo", {"beta": 0.5}), ("dil_lsif", {}), ("dil_bce", {})]
-)
+@pytest.mark.parametrize(("objective", "options"), [("dpo", {"beta": 0.5}), ("dil_lsif", {}), ("dil_bce", {})])
 def test_preference_training_raises_heldout_accuracy(tmp_path, objective, options):
     cfg = make_cfg(tmp_path, objective, options)
     result = train(cfg, quiet=True)
@@ -119,8 +132,14 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
-    cfg = make_cfg(tmp_path, "dil_lsif", {"length_normalize": False, "max_log_ratio": 1e9}, lr=1e12, save_every=1,
-                   max_grad_norm=None)
+    cfg = make_cfg(
+        tmp_path,
+        "dil_lsif",
+        {"length_normalize": False, "max_log_ratio": 1e9},
+        lr=1e12,
+        save_every=1,
+        max_grad_norm=None,
+    )
     with pytest.raises(TrainingError, match="non-finite"):
         train(cfg, quiet=True)
     ckpts = list((Path(cfg.run.output_dir) / "checkpoints").glob("step-*"))

@@ -11,6 +11,7 @@ reading and parsing half without a tokenizer, so the command line can check data
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 from collections import Counter
@@ -62,6 +63,24 @@ class SplitReport:
     max_prompt_tokens: int = 0
     max_response_tokens: int = 0
     max_sequence_tokens: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)  # Counters come back as plain dicts below
+        out["skipped"], out["dropped"] = dict(self.skipped), dict(self.dropped)
+        return out
+
+    def short(self) -> str:
+        """One line: what was skipped and dropped."""
+        parts = []
+        if self.skipped:
+            parts.append(
+                f"{self.n_skipped} rows skipped ({', '.join(f'{n} {k}' for k, n in self.skipped.most_common())})"
+            )
+        if self.dropped:
+            parts.append(f"{self.n_dropped} dropped ({', '.join(f'{n} {k}' for k, n in self.dropped.most_common())})")
+        if self.n_truncated:
+            parts.append(f"{self.prompt_truncated} prompts and {self.response_truncated} responses truncated")
+        return f"{self.name} ({self.path}): " + ("; ".join(parts) or "nothing skipped, dropped or truncated")
 
     @classmethod
     def from_parse(cls, name: str, stats: ParseStats) -> SplitReport:
@@ -134,6 +153,16 @@ class DataReport:
     @property
     def splits(self) -> list[SplitReport]:
         return [s for s in (self.train, self.eval) if s is not None]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "template": self.template,
+            "max_length": self.max_length,
+            "max_prompt_length": self.max_prompt_length,
+            "train": self.train.to_dict() if self.train else None,
+            "eval": self.eval.to_dict() if self.eval else None,
+        }
 
     def summary(self) -> str:
         head = f"data ({self.kind})"
@@ -297,8 +326,10 @@ def _plan(
 
 
 def _log(report: DataReport) -> None:
-    problems = any(s.n_skipped or s.n_dropped for s in report.splits)
-    logger.log(logging.WARNING if problems else logging.INFO, "%s", report.summary())
+    """One warning line per split that skipped or dropped rows (the full story is ``report.summary()``)."""
+    for split in report.splits:
+        if split.n_skipped or split.n_dropped:
+            logger.warning("%s", split.short())
 
 
 def build_datasets(
@@ -311,10 +342,12 @@ def build_datasets(
     check_boundary: bool = False,
     log: bool = True,
 ) -> DataSplits:
-    """Train and eval examples for ``kind`` plus the :class:`DataReport` (logged as a warning when rows were
-    skipped or dropped; ``log=False`` to leave it to the caller). ``seed`` drives the ``eval_fraction``
-    hold-out (pass ``run.seed``); ``strict`` makes any skipped row an error; ``check_boundary`` counts the rows
-    whose prompt/response split differs from tokenising the whole text."""
+    """Train and eval examples for ``kind`` plus the :class:`DataReport`.
+
+    Splits that skipped or dropped rows log one warning line each (``log=False`` leaves that to the caller).
+    ``seed`` drives the ``eval_fraction`` hold-out (pass ``run.seed``); ``strict`` makes any skipped row an
+    error; ``check_boundary`` counts the rows whose prompt/response split differs from tokenising the whole.
+    """
     renderer = Renderer(tokenizer, data_cfg.chat_template, data_cfg.system_prompt)
     train_recs, eval_recs, train_report, eval_report = _plan(data_cfg, kind, seed, strict)
     train = _tokenize_split(train_recs, kind, tokenizer, renderer, data_cfg, train_report, check_boundary)
@@ -326,7 +359,9 @@ def build_datasets(
     return DataSplits(train, evals, report)
 
 
-def validate_data(data_cfg: DataConfig, kind: str, *, seed: int = 0, strict: bool = False) -> DataReport:
+def validate_data(
+    data_cfg: DataConfig, kind: str, *, seed: int = 0, strict: bool = False, log: bool = False
+) -> DataReport:
     """Read and parse the data of a config without a tokenizer (before any model loads).
 
     Raises :class:`DataError` with file, line and field on bad input; returns the :class:`DataReport`
@@ -338,5 +373,6 @@ def validate_data(data_cfg: DataConfig, kind: str, *, seed: int = 0, strict: boo
         load_template(data_cfg.chat_template)  # an unknown name or missing file fails here, not after loading
     _, _, train_report, eval_report = _plan(data_cfg, kind, seed, strict)
     report = DataReport(kind, None, data_cfg.max_length, data_cfg.max_prompt_length, train_report, eval_report)
-    _log(report)
+    if log:
+        _log(report)
     return report

@@ -36,8 +36,10 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     source = cfg.tokenizer or cfg.name_or_path
     folder = Path(str(source))
     try:
-        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file() and not any(
-            (folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")
+        if (
+            (folder / "vocab.json").is_file()
+            and (folder / "merges.txt").is_file()
+            and not any((folder / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json"))
         ):  # a bare byte-level BPE (GPT-2's encoder files)
             tok = GPT2TokenizerFast.from_pretrained(folder)
         else:

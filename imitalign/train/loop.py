@@ -230,7 +230,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
 
     # ---------------------------------------------------------------- train
     engine.train()
-    bar = tqdm(total=total_steps, initial=step, disable=not main or quiet, desc=f"train {spec.name}", dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps, initial=step, disable=not main or quiet, desc=f"train {spec.name}", dynamic_ncols=True
+    )
     speed = Throughput()
     window = _MetricMean()
     last_train: dict[str, float] = {}
@@ -298,8 +300,14 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             window = _MetricMean()
             tps = speed.rate() * world
             record = {f"train/{k}": v for k, v in last_train.items()}
-            record.update({"lr": scheduler.get_last_lr()[0], "epoch": step / per_epoch, "tokens_per_s": tps,
-                           "peak_mem_mb": peak_memory_mb()})
+            record.update(
+                {
+                    "lr": scheduler.get_last_lr()[0],
+                    "epoch": step / per_epoch,
+                    "tokens_per_s": tps,
+                    "peak_mem_mb": peak_memory_mb(),
+                }
+            )
             if grad_norm is not None:
                 record["grad_norm"] = float(grad_norm)
             metrics_log.write(record, step)
@@ -309,7 +317,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             metrics_log.write({f"eval/{k}": v for k, v in last_eval.items()}, step)
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps:
             save_checkpoint(
-                accelerator, run_dir, step,
+                accelerator,
+                run_dir,
+                step,
                 {"step": step, "epoch": step / per_epoch, "config_fingerprint": config_fingerprint(cfg)},
                 keep=cfg.train.keep_checkpoints,
             )
@@ -333,8 +343,13 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     seconds = time.perf_counter() - t_start
     result = TrainResult(run_dir, model_dir, step, last_train, last_eval, seconds)
     if main:
-        summary = {"steps": step, "seconds": seconds, "train": last_train, "eval": last_eval,
-                   "model_dir": str(model_dir)}
+        summary = {
+            "steps": step,
+            "seconds": seconds,
+            "train": last_train,
+            "eval": last_eval,
+            "model_dir": str(model_dir),
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.end_training()
     return result
