@@ -113,7 +113,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, monkeypatch):
     original = loop.save_checkpoint
 
     def save_then_die(*args, **kwargs):
-        path = original(*args, **kwargs)
+        original(*args, **kwargs)
         raise KeyboardInterrupt("simulated kill after a checkpoint")
 
     cfg = make_cfg(tmp_path / "b", "dpo", {"beta": 0.5}, save_every=4)

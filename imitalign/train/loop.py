@@ -285,7 +285,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         if not torch.isfinite(check):
             last = latest_checkpoint(run_dir)
             raise TrainingError(
-                f"non-finite loss or gradient at step {step + 1} (objective {spec.name}, lr {scheduler.get_last_lr()[0]:.3g}); "
+                f"non-finite loss or gradient at step {step + 1} "
+                f"(objective {spec.name}, lr {scheduler.get_last_lr()[0]:.3g}); "
                 f"the weights were not updated. Last good checkpoint: {last or 'none'}. "
                 "Lower the learning rate, check the data, or for dil_lsif lower beta / keep length_normalize on."
             )
