@@ -179,10 +179,12 @@ class DataSplits(NamedTuple):
     report: DataReport
 
 
-def read_records(source: DataSource, *, strict: bool = False) -> tuple[list[Record], ParseStats]:
+def read_records(
+    source: DataSource, *, strict: bool = False, kind: str | None = None
+) -> tuple[list[Record], ParseStats]:
     """Read and parse one ``DataSource`` (no tokenizer). Raises :class:`DataError` on bad input."""
     rows = iter_rows(source.path, source.split, source.limit)
-    return parse_rows(rows, source.format, source.columns, source=source.path, strict=strict, warn=False)
+    return parse_rows(rows, source.format, source.columns, source=source.path, strict=strict, warn=False, kind=kind)
 
 
 def as_kind(records: Sequence[Record], kind: str, report: SplitReport) -> list[Record]:
@@ -265,7 +267,7 @@ def _tokenize_split(
 
 
 def _parse_source(name: str, source: DataSource, kind: str, strict: bool) -> tuple[list[Record], SplitReport]:
-    records, stats = read_records(source, strict=strict)
+    records, stats = read_records(source, strict=strict, kind=kind)
     report = SplitReport.from_parse(name, stats)
     if not records:
         raise DataError(f"{source.path}: no usable rows, all {stats.rows_read} were skipped\n{report.summary()}")
@@ -355,7 +357,8 @@ def build_datasets(
     if eval_report is not None:
         evals = _tokenize_split(eval_recs, kind, tokenizer, renderer, data_cfg, eval_report, check_boundary)
     report = DataReport(kind, renderer.name, data_cfg.max_length, data_cfg.max_prompt_length, train_report, eval_report)
-    _log(report)
+    if log:
+        _log(report)
     return DataSplits(train, evals, report)
 
 

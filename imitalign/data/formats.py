@@ -341,10 +341,17 @@ def _parse(row: dict[str, Any], fmt: str, location: str) -> tuple[Record, set[st
     raise DataError(f"unknown data format {fmt!r}; known: auto, {', '.join(FORMATS)}")
 
 
-def detect_format(row: dict[str, Any], location: str = "") -> str:
-    """The format of a (renamed) row, from its fields; raises :class:`DataError` when none fits."""
-    if "chosen" in row and "rejected" in row:
-        chosen = row["chosen"]
+def detect_format(row: dict[str, Any], location: str = "", kind: str | None = None) -> str:
+    """The format of a (renamed) row, from its fields; raises :class:`DataError` when none fits.
+
+    A row with only some of a format's fields (``chosen`` without ``rejected``, ``instruction`` without
+    ``output``) is given that format, so that parsing names the missing field and suggests a close column.
+    ``kind`` (``preference``/``demonstration``/``prompt``, what the caller needs) settles a row that has a
+    ``prompt`` and nothing else we know: with ``preference`` or ``demonstration`` its response fields are
+    reported missing instead of the row being read as a bare prompt.
+    """
+    if "chosen" in row or "rejected" in row:
+        chosen = row.get("chosen", row.get("rejected"))
         if isinstance(chosen, list):
             first = chosen[0] if chosen and isinstance(chosen[0], dict) else {}
             if first.get("role", first.get("from")) in ("assistant", "gpt") and "prompt" in row:
@@ -355,18 +362,18 @@ def detect_format(row: dict[str, Any], location: str = "") -> str:
         if isinstance(chosen, str) and "\n\nAssistant:" in chosen:
             return "hh"
         raise DataError(
-            f"{location}: the row has 'chosen' and 'rejected' but no 'prompt', and they are not HH-RLHF "
-            "dialogues ('\\n\\nHuman: … \\n\\nAssistant: …') nor message lists; add or map a 'prompt' column, "
-            "or name the format"
+            f"{location}: the row has {'chosen' if 'chosen' in row else 'rejected'!r} but no 'prompt', and it is not "
+            "an HH-RLHF dialogue ('\\n\\nHuman: … \\n\\nAssistant: …') nor a message list; add or map a 'prompt' "
+            f"column, or name the format (the row has fields {', '.join(map(repr, row))})"
         )
     if "messages" in row:
         return "messages"
-    if "instruction" in row and "output" in row:
+    if "instruction" in row or ("output" in row and "prompt" not in row and "input" in row):
         return "alpaca"
     if "prompt" in row and "response" in row:
         return "demonstration"
     if "prompt" in row:
-        return "prompt"
+        return {"preference": "preference", "demonstration": "demonstration"}.get(kind or "", "prompt")
     known = "; ".join(f"{f}: {', '.join(REQUIRED[f])}" for f in FORMATS)
     hints = [
         f"{k!r} → {name!r}?"
@@ -426,12 +433,14 @@ def parse_rows(
     source: str = "",
     strict: bool = False,
     warn: bool = True,
+    kind: str | None = None,
 ) -> tuple[list[Record], ParseStats]:
     """Parse ``(location, row)`` pairs into records.
 
     The format is ``fmt`` or, for ``auto``, detected from the first row and then required of every row.
     Returns the records and the :class:`ParseStats`; logs one warning summarising skipped rows (``warn``).
-    ``strict`` turns the first skipped row into a :class:`DataError`.
+    ``strict`` turns the first skipped row into a :class:`DataError`; ``kind`` (what the caller needs) helps
+    detection name missing fields (see :func:`detect_format`).
     """
     columns = dict(columns or {})
     check_columns(columns)
@@ -442,7 +451,7 @@ def parse_rows(
     for location, row in rows:
         stats.rows_read += 1
         if stats.format == "auto":
-            stats.format = detect_format(rename(row, columns), location)
+            stats.format = detect_format(rename(row, columns), location, kind)
         try:
             records.append(parse_row(row, stats.format, location, columns))
         except Skip as s:

@@ -57,9 +57,11 @@ def preview(
             parts = []
         counts = ", ".join([f"prompt {len(ex.prompt_ids)}", *(f"{m.lower()} {len(ids)}" for m, ids, _ in parts)])
         out.append(f"━━ example {i} · {ex.source} · tokens: {counts}")
-        out.append(prompt + ("" if parts else "⟦END⟧"))
-        for marker, ids, code in parts:
-            out.append(f"⟦{marker}⟧{paint(_text(tokenizer, ids, visible_whitespace), code)}⟦END⟧")
+        if not parts:
+            out.append(prompt + "⟦END⟧")
+        for j, (marker, ids, code) in enumerate(parts):
+            head = prompt if j == 0 else "(same prompt) …"
+            out.append(f"{head}⟦{marker}⟧{paint(_text(tokenizer, ids, visible_whitespace), code)}⟦END⟧")
             out.append(f"   (boundary ids: …{ex.prompt_ids[-3:]} ⟦{marker}⟧ {ids[:3]}…, last {ids[-1:]})")
         out.append("")
     if not train:
