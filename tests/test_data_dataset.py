@@ -13,8 +13,8 @@ from imitalign.data.dataset import build_datasets, load_split, validate_data
 from imitalign.data.preview import preview
 from imitalign.data.records import DataError
 from imitalign.data.tokenize import TokenizedDemo, TokenizedPair, TokenizedPrompt
-from tests.helpers import REAL
 
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"  # ../shared/data/real
 pytestmark = pytest.mark.skipif(not REAL.exists(), reason="../shared/data/real is absent")
 HH = REAL / "hh_rlhf" / "harmless-base_test.jsonl.gz"
 

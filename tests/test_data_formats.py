@@ -12,8 +12,8 @@ import pytest
 from imitalign.data.formats import parse_rows, split_hh
 from imitalign.data.records import DataError, DemonstrationRecord, PreferenceRecord, PromptRecord
 from imitalign.data.sources import iter_rows
-from tests.helpers import REAL
 
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"  # ../shared/data/real
 needs_real = pytest.mark.skipif(not REAL.exists(), reason="../shared/data/real is absent")
 HH = REAL / "hh_rlhf" / "harmless-base_test.jsonl.gz"
 

@@ -13,8 +13,8 @@ import pytest
 
 from imitalign.data.records import DataError
 from imitalign.data.sources import iter_rows
-from tests.helpers import REAL
 
+REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"  # ../shared/data/real
 ROWS = [{"prompt": "p0", "response": "r0"}, {"prompt": "p1", "response": "r1"}, {"prompt": "p2", "response": "r2"}]
 needs_real = pytest.mark.skipif(not REAL.exists(), reason="../shared/data/real is absent")
 

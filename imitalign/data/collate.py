@@ -82,3 +82,138 @@ def collate_prompts(
             input_ids[i, width - n :] = torch.tensor(it.prompt_ids, dtype=torch.long)
             attention_mask[i, width - n :] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+# ---------------------------------------------------------------- packing and per-target index tensors
+
+
+def target_index(
+    rows: Sequence[tuple[list[int], list[int]]], row_of: list[int], start_of: list[int], width: int
+) -> dict[str, torch.Tensor]:
+    """Host-side index tensors of the response targets of ``rows`` (sequence ``s`` placed in row ``row_of[s]``
+    from column ``start_of[s]`` of a ``width``-wide batch):
+
+    - ``target_index [M]`` long: flat index ``row * width + column`` of each position whose logits predict a
+      response token (that token is at ``target_index + 1``), sequences in order, tokens in order;
+    - ``target_seq [M]`` long: the sequence of each target; ``target_pos [M]`` long: its rank in the sequence;
+    - ``token_mask [N, L]`` bool: left-aligned, True for the first ``n_s`` entries of sequence ``s``.
+
+    A response token at a sequence's first position has no predicting position and is not a target (as in the
+    padded layout, where ``response_mask[:, 1:]`` skips column 0)."""
+    counts, idx, seq, pos = [], [], [], []
+    for s, (prompt, response) in enumerate(rows):
+        first = max(len(prompt), 1)  # the first predicted token of the sequence
+        n = len(prompt) + len(response) - first
+        base = row_of[s] * width + start_of[s]
+        idx.append(torch.arange(base + first - 1, base + first - 1 + n))
+        seq.append(torch.full((n,), s, dtype=torch.long))
+        pos.append(torch.arange(n))
+        counts.append(n)
+    width_l = max(counts) if counts else 0
+    token_mask = torch.arange(width_l).unsqueeze(0) < torch.tensor(counts).unsqueeze(1)
+    return {
+        "target_index": torch.cat(idx).long(),
+        "target_seq": torch.cat(seq),
+        "target_pos": torch.cat(pos).long(),
+        "token_mask": token_mask,
+    }
+
+
+def with_target_index(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Add the index tensors of :func:`target_index` to a padded batch (one sequence per row), computed on the
+    host from ``response_mask``; the engine then needs no boolean-mask indexing on the device."""
+    resp = batch["response_mask"]
+    width = resp.shape[1]
+    rows = []
+    for r in range(resp.shape[0]):
+        cols = resp[r].nonzero().flatten().tolist()
+        n_p = cols[0] if cols else int(batch["attention_mask"][r].sum())
+        rows.append((list(range(n_p)), cols))
+    out = dict(batch)
+    out.update(target_index(rows, list(range(len(rows))), [0] * len(rows), width))
+    return out
+
+
+def pack_rows(lengths: Sequence[int], width: int) -> list[list[int]]:
+    """First-fit-decreasing bin packing of sequences (by ``lengths``) into rows of ``width`` tokens: a list of
+    rows, each the sequence indices it holds in placement order. Deterministic (ties keep index order)."""
+    order = sorted(range(len(lengths)), key=lambda s: (-lengths[s], s))
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for s in order:
+        for r, room in enumerate(free):
+            if lengths[s] <= room:
+                rows[r].append(s)
+                free[r] -= lengths[s]
+                break
+        else:
+            if lengths[s] > width:
+                raise ValueError(f"a sequence of {lengths[s]} tokens does not fit in rows of {width}")
+            rows.append([s])
+            free.append(width - lengths[s])
+    return rows
+
+
+def _collate_packed(
+    rows: list[tuple[list[int], list[int]]], pad_id: int, row_width: int | None, pad_to_multiple_of: int | None
+) -> dict[str, torch.Tensor]:
+    if not rows:
+        raise ValueError("cannot collate an empty batch")
+    lengths = [len(p) + len(r) for p, r in rows]
+    width = _width([max(lengths), row_width or 0], pad_to_multiple_of)
+    placement = pack_rows(lengths, width)
+    n_rows = len(placement)
+    input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    position_ids = torch.zeros((n_rows, width), dtype=torch.long)
+    attention_mask = torch.zeros((n_rows, width), dtype=torch.long)
+    response_mask = torch.zeros((n_rows, width), dtype=torch.bool)
+    row_of, start_of = [0] * len(rows), [0] * len(rows)
+    for r, members in enumerate(placement):
+        col = 0
+        for s in members:
+            prompt, response = rows[s]
+            n = lengths[s]
+            row_of[s], start_of[s] = r, col
+            input_ids[r, col : col + n] = torch.tensor(prompt + response, dtype=torch.long)
+            position_ids[r, col : col + n] = torch.arange(n)
+            attention_mask[r, col : col + n] = 1
+            response_mask[r, col + max(len(prompt), 1) : col + n] = True
+            col += n
+        position_ids[r, col:] = torch.arange(width - col)  # the tail is a document of its own (padding)
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "response_mask": response_mask,
+        "position_ids": position_ids,
+    }
+    batch.update(target_index(rows, row_of, start_of, width))
+    return batch
+
+
+def collate_pairs_packed(
+    items: Sequence[TokenizedPair], pad_id: int, row_width: int | None = None, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Padding-free pairs: the ``2B`` sequences (chosen of pairs ``0..B-1``, then their rejected, as in
+    :func:`collate_pairs`) packed first-fit-decreasing into rows of ``row_width`` tokens (default: the longest
+    sequence), each sequence whole in one row. Returns the padded keys over the packed ``[R, W]`` rows, with
+
+    - ``position_ids [R, W]`` restarting at 0 at every sequence (the row's unused tail counts from 0 too), which
+      makes the model's attention block-diagonal causal: no sequence attends to another;
+    - ``attention_mask`` 1 on real tokens (for counting; the engine does not pass it to the model);
+    - ``response_mask`` False on a sequence's first token, which has no predicting position in its own sequence;
+    - the index tensors of :func:`target_index`, in sequence order ``0..2B-1``, so that per-sequence results come
+      back in the row order of :func:`collate_pairs`."""
+    rows = [(it.prompt_ids, it.chosen_ids) for it in items] + [(it.prompt_ids, it.rejected_ids) for it in items]
+    return _collate_packed(rows, pad_id, row_width, pad_to_multiple_of)
+
+
+def collate_demos_packed(
+    items: Sequence[TokenizedDemo], pad_id: int, row_width: int | None = None, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Padding-free demonstrations (see :func:`collate_pairs_packed`); sequences ``0..B-1`` in item order."""
+    return _collate_packed([(it.prompt_ids, it.response_ids) for it in items], pad_id, row_width, pad_to_multiple_of)
+
+
+def padding_stats(batch: dict[str, torch.Tensor]) -> tuple[int, int]:
+    """``(real tokens, token slots)`` of a batch: its padded-token fraction is ``1 - real / slots``."""
+    return int(batch["attention_mask"].sum()), batch["attention_mask"].numel()

@@ -8,8 +8,11 @@
   of those formats, without tool calls, in ``imitalign/data/chat_templates/``);
 - a path to a ``.jinja`` file (e.g. a model's template copied from its ``tokenizer_config.json``).
 
-Templates are rendered by ``tokenizer.apply_chat_template`` (so ``bos_token``, ``eos_token``,
-``raise_exception`` and ``strftime_now`` behave as in ``transformers``).
+Templates are rendered as ``tokenizer.apply_chat_template`` renders them (so ``bos_token``, ``eos_token``,
+``raise_exception`` and ``strftime_now`` behave as in ``transformers``). For speed the template compiled by
+``transformers`` is called directly (``apply_chat_template`` spends most of its time copying messages); the
+first rendering is compared with ``apply_chat_template`` and, should they ever differ (or the internal
+function move), every rendering goes through ``apply_chat_template``.
 
 **Plain text.** A single user turn renders as its content followed by one newline, and the response follows
 directly (``"Name three colours.\\nRed, green and blue."``). Anything else (several turns, or a system turn)
@@ -61,6 +64,16 @@ def load_template(name: str) -> str:
     )
 
 
+def _compile(template: str) -> Any:
+    """The template compiled in ``transformers``' own jinja environment, or None if that is unavailable."""
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        return _compile_jinja_template(template)
+    except Exception:  # an internal function: any change sends rendering through apply_chat_template
+        return None
+
+
 def _plain_prompt(messages: list[Message]) -> str:
     if len(messages) == 1 and messages[0]["role"] == "user":
         return messages[0]["content"].rstrip() + "\n"
@@ -93,6 +106,10 @@ class Renderer:
         else:
             self.template = load_template(chat_template)
             self.name = f"chat template {chat_template!r}"
+        self._compiled = _compile(self.template) if self.template is not None else None
+        self._checked = False
+        special = getattr(tokenizer, "special_tokens_map", {}) or {}
+        self._kwargs = {k: v for k, v in special.items() if isinstance(v, (str, list))}
 
     @property
     def is_plain(self) -> bool:
@@ -105,14 +122,31 @@ class Renderer:
 
     def _apply(self, messages: list[Message], add_generation_prompt: bool, source: str) -> str:
         try:
-            text = self.tokenizer.apply_chat_template(
-                messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
-            )
+            if self._compiled is not None:
+                text = self._compiled.render(
+                    messages=messages,
+                    tools=None,
+                    documents=None,
+                    add_generation_prompt=add_generation_prompt,
+                    **self._kwargs,
+                )
+                if not self._checked:
+                    if text != self._public(messages, add_generation_prompt):
+                        self._compiled = None
+                        return self._public(messages, add_generation_prompt)
+                    self._checked = True
+                return text
+            return self._public(messages, add_generation_prompt)
         except Exception as e:  # jinja errors and the template's own raise_exception
             where = f"{source}: " if source else ""
             raise TemplateError(f"{where}{self.name} failed to render the conversation: {e}") from None
+
+    def _public(self, messages: list[Message], add_generation_prompt: bool) -> str:
+        text = self.tokenizer.apply_chat_template(
+            messages, chat_template=self.template, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
         if not isinstance(text, str):  # some versions return a list for batched input
-            raise TemplateError(f"{self.name}: apply_chat_template returned {type(text).__name__}, not text")
+            raise TypeError(f"apply_chat_template returned {type(text).__name__}, not text")
         return text
 
     def render_prompt(self, messages: list[Message], source: str = "") -> str:
