@@ -104,6 +104,20 @@ def list_objectives() -> None:
         typer.echo(f"{name:16s} {spec.kind:12s} {spec.doc}\n{'':29s}options: {opts or '-'}")
 
 
+@app.command()
+@friendly
+def quickstart(
+    fast: Annotated[bool, typer.Option("--fast", help="a smaller version (CI)")] = False,
+    seeds: Annotated[int, typer.Option("--seeds", help="repeat with this many seeds; report mean ± se")] = 1,
+    out: Annotated[str, typer.Option("--out", help="run folder")] = "runs/quickstart",
+) -> None:
+    """Build the gym, train SFT, DPO, IPO, DIL-LSIF/UKL/BCE, MLE and IQLearn, evaluate, report."""
+    from imitalign.gym.quickstart import run_quickstart
+
+    _setup_logging()
+    run_quickstart(out, fast=fast, seeds=seeds)
+
+
 def main() -> None:
     app()
 
