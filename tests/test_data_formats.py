@@ -73,6 +73,43 @@ def test_every_format_named_or_detected(tmp_path, named):
         assert {**got.__dict__, "source": ""} == expected.__dict__, fmt
 
 
+@pytest.mark.parametrize("container", ["jsonl", "json", "jsonl.gz", "parquet", "save_to_disk"])
+def test_nested_rows_survive_every_container(tmp_path, container):
+    import gzip
+
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {
+            "chosen": [*USER, {"role": "assistant", "content": f"Red {i}."}],
+            "rejected": [*USER, {"role": "assistant", "content": f"Seven {i}."}],
+            "score": float(i),
+        }
+        for i in range(3)
+    ]
+    path = tmp_path / f"rows.{container}"
+    if container == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif container == "jsonl.gz":
+        with gzip.open(path, "wt") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in rows))
+    elif container == "json":
+        path.write_text(json.dumps(rows))
+    elif container == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    records, stats = parse_rows(iter_rows(str(path)), strict=True)
+    assert stats.format == "ultrafeedback"
+    assert [(r.prompt, r.chosen, r.rejected, r.extra) for r in records] == [
+        (USER, f"Red {i}.", f"Seven {i}.", {"score": float(i)}) for i in range(3)
+    ]
+    first_line = 1 if container.startswith("jsonl") else 0
+    assert records[0].source == f"{path}:{first_line}"
+
+
 def test_message_list_prompts_and_conversational_responses(tmp_path):
     prompt = [{"role": "system", "content": "Be brief."}, *USER]
     rows = [

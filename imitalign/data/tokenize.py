@@ -21,8 +21,8 @@ otherwise EOS is appended (plain text; Llama 3's ``<|eot_id|>`` with a tokenizer
 1. ``max_prompt_length``, when set, caps the prompt: its *last* ``max_prompt_length`` tokens are kept;
 2. a prompt that still leaves no room for a response (``len(prompt) >= max_length``) drops the row
    (``prompt_too_long``; set ``max_prompt_length`` to keep such prompts' ends instead);
-3. if prompt + longest response exceeds ``max_length``, prompt tokens are removed from the *left*, but the
-   prompt is not cut below ``max_prompt_length`` (when set) or ``max_length // 2`` tokens (when not);
+3. if prompt + longest response exceeds ``max_length``, prompt tokens are removed from the *left*, but not
+   below ``max_length // 2`` tokens (with ``max_prompt_length`` set, its cap in 1. is the prompt's only cut);
 4. then responses are cut from the *right* to fit (a cut response loses its EOS);
 5. a row with no response token left is dropped (``no_response_left``).
 
