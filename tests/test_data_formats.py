@@ -135,6 +135,10 @@ def test_alpaca_input_is_joined_with_a_blank_line_and_system_column(tmp_path):
         {"role": "user", "content": "Translate.\n\nbonjour"},
     ]
     assert records[1].prompt == [{"role": "user", "content": "Say hi."}]
+    # A prompt with its own system turn keeps it; the system column then stays in extra (nothing is lost).
+    own = [{"role": "system", "content": "A"}, *USER]
+    records, _ = parse(tmp_path, [{"prompt": own, "response": "Red.", "system": "B"}])
+    assert records[0].prompt == own and records[0].extra == {"system": "B"}
 
 
 def test_hh_split_rules():
@@ -149,6 +153,7 @@ def test_hh_split_rules():
     assert response == "Bye."
     with pytest.raises(ValueError, match="no"):
         split_hh("\n\nHuman: only a question")
+    assert split_hh("Human: Hi\n\nAssistant: Yo") == ([{"role": "user", "content": "Hi"}], "Yo")  # no leading "\n\n"
 
 
 def test_column_mapping(tmp_path):

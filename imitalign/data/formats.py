@@ -249,10 +249,13 @@ def _check_pair(chosen: str, rejected: str) -> None:
 def split_hh(text: str) -> tuple[list[Message], str]:
     """Split one HH-RLHF string into (prompt messages, final assistant response).
 
-    Turns are delimited by ``"\\n\\nHuman:"`` / ``"\\n\\nAssistant:"``; contents are stripped; consecutive
-    turns of the same role are joined with a blank line (a handful of real rows repeat ``Assistant:``); text
-    before the first marker counts as a user turn. Raises ``ValueError`` when there is no Assistant turn.
+    Turns are delimited by ``"\\n\\nHuman:"`` / ``"\\n\\nAssistant:"`` (the first may lack its blank line);
+    contents are stripped; consecutive turns of the same role are joined with a blank line (a handful of real
+    rows repeat ``Assistant:``); text before the first marker counts as a user turn. Raises ``ValueError`` when
+    there is no Assistant turn.
     """
+    if text.lstrip().startswith(("Human:", "Assistant:")):  # some copies drop the leading blank line
+        text = "\n\n" + text.lstrip()
     cut = text.rfind("\n\nAssistant:")
     if cut < 0:
         raise ValueError("no '\\n\\nAssistant:' turn")
@@ -421,6 +424,9 @@ def parse_row(row: dict[str, Any], fmt: str, location: str, columns: dict[str, s
         if name not in renamed:
             raise _missing(location, name, row, fmt, columns)
     record, used = _parse(renamed, fmt, location)
+    system = renamed.get("system")
+    if isinstance(system, str) and system.strip() and record.prompt[:1] != [{"role": "system", "content": system}]:
+        used = used - {"system"}  # the prompt had its own system turn: keep the column in extra
     consumed = {columns.get(u, u) for u in used}
     return dataclasses.replace(record, extra={k: v for k, v in row.items() if k not in consumed})
 
