@@ -31,7 +31,7 @@ from transformers import get_scheduler
 
 from imitalign import objectives
 from imitalign.config import Config, dump_config
-from imitalign.data.collate import collate_demos, collate_pairs
+from imitalign.data.collate import collate_demos, collate_pairs, pad_id_for
 from imitalign.data.dataset import build_datasets, validate_data
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
@@ -201,7 +201,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
 
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", accelerator, enabled=main)
     lengths = None
-    pad_id = tok.pad_token_id
+    pad_id = pad_id_for(tok)
 
     def run_eval() -> dict[str, float]:
         if not eval_items:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM
 
 from imitalign.config import Config
-from imitalign.data.collate import collate_pairs
+from imitalign.data.collate import collate_pairs, pad_id_for
 from imitalign.model.load import frozen_copy, resolve_dtype
 from imitalign.model.logprobs import LogProbModel
 from imitalign.train.steps import sequence_logps
@@ -65,7 +65,7 @@ def precompute_reference(
     with ctx, accelerator.autocast():
         for s in range(0, len(mine), bs):
             idx = mine[s : s + bs]
-            batch = collate_pairs([items[i] for i in idx], tok.pad_token_id)
+            batch = collate_pairs([items[i] for i in idx], pad_id_for(tok))
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             logps = sequence_logps(ref, batch).float()
             b = len(idx)
