@@ -118,6 +118,13 @@ def quickstart(
     run_quickstart(out, fast=fast, seeds=seeds)
 
 
+def _register_command_groups() -> None:
+    from imitalign.commands import afd, online  # noqa: F401 - importing registers their commands
+
+
+_register_command_groups()
+
+
 def main() -> None:
     app()
 
