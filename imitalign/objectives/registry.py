@@ -180,7 +180,12 @@ _BUILTINS = (
     ),
     ObjectiveSpec("mle", "token", token.mle, reduction="sum"),
     ObjectiveSpec(
-        "iqlearn", "token", token.iqlearn, needs_values=True, reduction="sum", defaults={"lam": 0.1, "gamma": 1.0}
+        "iqlearn",
+        "token",
+        token.iqlearn,
+        needs_values=True,
+        reduction="sum",
+        defaults={"lam": 0.1, "gamma": 1.0, "alpha": 0.0},
     ),
     ObjectiveSpec("bradley_terry", "reward_pair", reward.bradley_terry),
     ObjectiveSpec("discriminator_bce", "classifier", reward.discriminator_bce),

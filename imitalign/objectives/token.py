@@ -128,7 +128,12 @@ def iqlearn(
     *,
     lam: float = 0.1,
     gamma: float = 1.0,
+    alpha: float = 0.0,
+    policy_token_logps: Tensor | None = None,
+    policy_token_mask: Tensor | None = None,
+    policy_token_values: Tensor | None = None,
     num_tokens: Tensor | int | None = None,
+    num_policy_tokens: Tensor | int | None = None,
     **_: object,
 ) -> tuple[Tensor, Metrics]:
     """IQLearn for language as TD-regularised MLE, χ² regulariser (Wulfmeier et al., NeurIPS 2024,
@@ -141,29 +146,50 @@ def iqlearn(
     ``losses.sum()``); λ = 0 is exactly `mle`. A truncated response (no EOS) is also treated as terminal.
     Gradients flow through both the log-probs and the values (both come from the same logits).
 
+    **Online variant** (α > 0, METHODS.md §4): the TD-regularised term is taken over a mixture of the
+    demonstrations' states (weight 1 − α) and the states of the policy's *own* samples (weight α); the own
+    samples enter only that term, never the likelihood:
+
+        L = (1/n_D)·Σ_{demo i,t} [−log π(a_t|s_t) + λ(1−α)·r_t²]  +  λα·(1/n_P)·Σ_{own j,t} r_t²
+
+    (``n_D``/``n_P``: response tokens of the demonstrations/own samples, or ``num_tokens``/``num_policy_tokens``).
+    α = 0 is the offline objective exactly (the own-sample term is multiplied by 0; the demonstration term is
+    the same expression). With own samples given, ``losses`` has ``N + N_P`` entries: the demonstrations'
+    per-sequence losses, then the own samples'; their sum is the batch loss.
+
     Args:
       token_logps: ``[N, L]`` log π(a_t|s_t) per response token, left-aligned, padded.
       token_mask: ``[N, L]`` bool, True on response tokens.
       token_values: ``[N, L]`` V(s_t) per response token (required).
       lam: weight λ ≥ 0 of the χ² (TD) term; 0.1–0.5 in public code.
       gamma: discount γ in [0, 1]; 1 is the common choice.
-      num_tokens: the normaliser n, when it should span more than this batch.
+      alpha: share α ∈ [0, 1] of the policy's own samples in the TD term; > 0 needs the ``policy_*`` tensors.
+      policy_token_logps / policy_token_mask / policy_token_values: ``[N_P, L_P]`` the same tensors for the
+        policy's own samples (all three or none).
+      num_tokens: the normaliser n_D, when it should span more than this batch.
+      num_policy_tokens: the normaliser n_P of the own samples, likewise.
 
     Returns:
-      ``(losses [N], metrics)`` with metrics ``loss`` (= losses.sum()), ``nll`` (mean per token),
-      ``td_penalty`` (mean r_t² per token, before λ), ``reward/mean`` (mean r_t per token), ``logps/mean``,
-      ``values/mean``.
+      ``(losses [N] or [N + N_P], metrics)`` with metrics ``loss`` (= losses.sum()), ``nll`` (mean per token),
+      ``td_penalty`` (mean r_t² per demonstration token, before λ), ``reward/mean`` (mean r_t per token),
+      ``logps/mean``, ``values/mean``; with own samples also ``td_penalty/policy`` and ``reward/policy_mean``.
     """
     _check_token_shapes("iqlearn", token_logps, token_mask, token_values, needs_values=True)
     assert token_values is not None
-    if lam < 0:
-        raise ValueError(f"iqlearn: lam must be >= 0, got {lam!r}")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"iqlearn: gamma must be in [0, 1], got {gamma!r}")
+    check_iqlearn_options(lam, gamma, alpha)
+    policy = (policy_token_logps, policy_token_mask, policy_token_values)
+    if any(t is not None for t in policy) and any(t is None for t in policy):
+        raise ValueError("iqlearn: give all of policy_token_logps, policy_token_mask and policy_token_values, or none")
+    has_policy = policy_token_logps is not None
+    if alpha > 0 and not has_policy:
+        raise ValueError(
+            f"iqlearn: alpha = {alpha} mixes the policy's own samples into the TD term, but none were given "
+            "(data.policy_samples in a run config)"
+        )
     mask = token_mask.bool()
     nll_t = -torch.where(mask, token_logps, 0)  # the same expression as mle: λ = 0 reproduces it bit for bit
     r_t = implicit_token_rewards(token_logps, mask, token_values, gamma)
-    loss_t = nll_t + lam * r_t**2
+    loss_t = nll_t + (lam * (1.0 - alpha)) * r_t**2  # α = 0: λ·r_t², the offline loss bit for bit
     losses = loss_t.sum(dim=-1) / _normalizer(mask, num_tokens, token_logps.dtype)
     nll = _masked_mean(nll_t.detach(), mask)
     r_t = r_t.detach()
@@ -175,4 +201,31 @@ def iqlearn(
         "logps/mean": -nll,
         "values/mean": _masked_mean(token_values.detach(), mask),
     }
+    if has_policy:
+        assert policy_token_logps is not None and policy_token_mask is not None
+        _check_token_shapes(
+            "iqlearn (policy samples)", policy_token_logps, policy_token_mask, policy_token_values, needs_values=True
+        )
+        p_mask = policy_token_mask.bool()
+        p_r_t = implicit_token_rewards(policy_token_logps, p_mask, policy_token_values, gamma)  # type: ignore[arg-type]
+        p_losses = ((lam * alpha) * p_r_t**2).sum(dim=-1) / _normalizer(
+            p_mask, num_policy_tokens, policy_token_logps.dtype
+        )
+        losses = torch.cat([losses, p_losses.to(losses.dtype)])
+        p_r_t = p_r_t.detach()
+        metrics["loss"] = losses.detach().sum()
+        metrics["td_penalty/policy"] = _masked_mean(p_r_t**2, p_mask)
+        metrics["reward/policy_mean"] = _masked_mean(p_r_t, p_mask)
     return losses, metrics
+
+
+def check_iqlearn_options(lam: float, gamma: float, alpha: float = 0.0) -> None:
+    """Raise ``ValueError`` unless λ ≥ 0, γ ∈ [0, 1] and α ∈ [0, 1] (checked before any model loads)."""
+    if lam < 0:
+        raise ValueError(f"iqlearn: lam must be >= 0, got {lam!r}")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"iqlearn: gamma must be in [0, 1], got {gamma!r}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            f"iqlearn: alpha (share of the policy's own samples in the TD term) must be in [0, 1], got {alpha!r}"
+        )
