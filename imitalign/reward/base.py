@@ -8,7 +8,7 @@ A *reward source* maps a list of rows ``{"prompt", "response", ...}`` (the sampl
         def score(self, rows: list[dict]) -> list[float]: ...
 
 Sources are built from a :class:`RewardConfig` by :func:`load_reward`, which looks ``cfg.kind`` up in a
-registry. Built-in kinds (``imitalign/reward/builtin.py``):
+registry. Built-in kinds (``imitalign/reward/builtin.py`` and ``models.py``):
 
 ==================  =============================================================================================
 kind                r(x, y)
@@ -104,6 +104,7 @@ _KINDS: dict[str, RewardBuilder] = {}
 #: Modules that register reward kinds; imported (when present) before a kind is looked up.
 PLUGIN_MODULES: list[str] = [
     "imitalign.reward.builtin",
+    "imitalign.reward.models",
     "imitalign.reward.discriminator",
     "imitalign.reward.closed_form",
     "imitalign.reward.iqlearn",
@@ -165,8 +166,9 @@ def load_reward(cfg: RewardConfig | dict[str, Any]) -> RewardSource:
     except (OSError, ValueError, ImportError, AttributeError) as e:
         raise RewardError(f"reward {cfg.display_name()!r} (kind {cfg.kind}): {e}") from e
     if not isinstance(source, RewardSource):
-        raise RewardError(f"the builder of reward kind {cfg.kind!r} returned {type(source).__name__}, "
-                          "which has no name/score")
+        raise RewardError(
+            f"the builder of reward kind {cfg.kind!r} returned {type(source).__name__}, which has no name/score"
+        )
     return source
 
 
@@ -187,8 +189,10 @@ def check_scores(name: str, rows: Sequence[Any], scores: Any) -> list[float]:
     except (TypeError, ValueError) as e:
         raise RewardError(f"reward {name!r} returned something that is not a list of numbers: {e}") from None
     if len(values) != len(rows):
-        raise RewardError(f"reward {name!r} returned {len(values)} scores for {len(rows)} rows "
-                          "(it must return exactly one per row, in order)")
+        raise RewardError(
+            f"reward {name!r} returned {len(values)} scores for {len(rows)} rows "
+            "(it must return exactly one per row, in order)"
+        )
     for i, v in enumerate(values):
         if not math.isfinite(v):
             raise RewardError(f"reward {name!r} returned a non-finite score ({v}) for row {i} ({_where(rows[i])})")

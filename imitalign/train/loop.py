@@ -35,6 +35,8 @@ from imitalign.data.collate import collate_demos, collate_pairs, pad_id_for
 from imitalign.data.dataset import build_datasets, validate_data
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
+from imitalign.model.score import load_score_model
+from imitalign.reward.labels import read_labels
 from imitalign.train import steps
 from imitalign.train.batching import epoch_order, plan_step, steps_per_epoch
 from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -43,7 +45,8 @@ from imitalign.train.tracking import MetricsLog, Throughput, available_trackers,
 
 log = logging.getLogger(__name__)
 
-DATA_KIND = {"pair": "preference", "token": "demonstration"}
+DATA_KIND = {"pair": "preference", "token": "demonstration", "reward_pair": "preference", "classifier": "demonstration"}
+SCORE_KINDS = ("reward_pair", "classifier")  # a ScoreModel (LM + scalar head), not a policy, is trained
 
 
 class TrainingError(RuntimeError):
@@ -73,13 +76,18 @@ def _mixed_precision(name: str) -> str:
 
 
 def _collate(kind: str, items: list, pad_id: int, ref: torch.Tensor | None, idx: list[int]) -> dict:
-    if kind == "pair":
+    """A batch of ``items``; ``ref`` holds per-item data indexed by ``idx``: reference log-probs ``[n, 2]``
+    (pair kinds) or 0/1 labels ``[n]`` (``classifier``)."""
+    if kind in ("pair", "reward_pair"):
         batch = collate_pairs(items, pad_id)
         if ref is not None:
             sel = ref[idx]
             batch["ref_logps"] = torch.cat([sel[:, 0], sel[:, 1]])
         return batch
-    return collate_demos(items, pad_id)
+    batch = collate_demos(items, pad_id)
+    if kind == "classifier" and ref is not None:
+        batch["labels"] = ref[idx]
+    return batch
 
 
 def _response_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -117,6 +125,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         raise NotImplementedError(f"objective {spec.name!r} of kind {spec.kind!r} is trained by its own command")
     fn = objectives.build(cfg.objective.name, cfg.objective.options)
     validate_data(cfg.data, DATA_KIND[spec.kind])  # before any model loads
+    label_of = read_labels(cfg.data) if spec.kind == "classifier" else None
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
 
@@ -145,7 +154,10 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         dump_config(cfg, run_dir / "config.yaml")
     set_seed(cfg.run.seed)
 
-    model, tok = load_policy(cfg.model, cfg.run.seed)
+    if spec.kind in SCORE_KINDS:
+        model, tok = load_score_model(cfg.model, cfg.run.seed)
+    else:
+        model, tok = load_policy(cfg.model, cfg.run.seed)
     train_items, eval_items, report = build_datasets(cfg.data, tok, DATA_KIND[spec.kind], seed=cfg.run.seed)
     if main:
         (run_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
@@ -154,7 +166,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     if not train_items:
         raise TrainingError(f"no training examples left after parsing and truncation:\n{report.summary()}")
 
-    engine = LogProbModel(model, chunk_tokens=None)
+    engine = model if spec.kind in SCORE_KINDS else LogProbModel(model, chunk_tokens=None)
     ref_logps = None
     ref_engine = None
     if spec.needs_reference:
@@ -165,6 +177,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         else:
             ref_engine = attach_reference(cfg, model, tok, accelerator)
 
+    if label_of is not None:
+        ref_logps = torch.tensor([label_of[it.source] for it in train_items + eval_items])
     world, rank = accelerator.num_processes, accelerator.process_index
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     global_batch = bs * world * accum
@@ -221,6 +235,10 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                     batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
                 if spec.kind == "pair":
                     _, m = steps.pair_loss(engine, fn, batch, weights=ones, step_examples=len(idx), world=1)
+                elif spec.kind in SCORE_KINDS:
+                    _, m = steps.score_loss(
+                        engine, fn, batch, kind=spec.kind, weights=ones, step_examples=len(idx), world=1
+                    )
                 else:
                     ntok = _response_tokens(batch)
                     _, m = steps.token_loss(engine, fn, batch, weights=ones, step_tokens=ntok, world=1)
@@ -268,6 +286,10 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                 if spec.kind == "pair":
                     loss, metrics = steps.pair_loss(
                         engine, fn, batch, weights=weights, step_examples=plan.n_examples, world=world
+                    )
+                elif spec.kind in SCORE_KINDS:
+                    loss, metrics = steps.score_loss(
+                        engine, fn, batch, kind=spec.kind, weights=weights, step_examples=plan.n_examples, world=world
                     )
                 else:
                     loss, metrics = steps.token_loss(

@@ -67,3 +67,25 @@ def token_loss(
 def sequence_logps(engine: Any, batch: dict[str, Tensor]) -> Tensor:
     flat, _ = forward(engine, batch)
     return to_logprobs(flat, None, batch["response_mask"]).logps
+
+
+def score_loss(
+    engine: Any,
+    fn: Callable,
+    batch: dict[str, Tensor],
+    *,
+    kind: str,
+    weights: Tensor,
+    step_examples: int,
+    world: int,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Reward-model objectives on one scalar per row (``imitalign.model.score.ScoreModel``), normalised like
+    pair objectives (mean over the step's examples). ``reward_pair``: rows ``0..B-1`` chosen, ``B..2B-1``
+    rejected, ``fn(chosen_scores, rejected_scores)``; ``classifier``: ``fn(logits, batch["labels"])``."""
+    scores = engine(batch["input_ids"], batch["attention_mask"])
+    if kind == "reward_pair":
+        b = scores.shape[0] // 2
+        losses, metrics = fn(scores[:b], scores[b:])
+    else:
+        losses, metrics = fn(scores, batch["labels"])
+    return (losses * weights).sum() * (world / step_examples), metrics
