@@ -108,6 +108,7 @@ PLUGIN_MODULES: list[str] = [
     "imitalign.reward.discriminator",
     "imitalign.reward.closed_form",
     "imitalign.reward.iqlearn",
+    "imitalign.reward.iq_reward",
 ]
 _loaded = False
 

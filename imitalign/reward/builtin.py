@@ -29,8 +29,9 @@ def import_function(spec: str) -> Callable[..., Any]:
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - any import failure is the user's to see
-        raise RewardError(f"reward function {spec!r}: cannot import module {module_name!r}: "
-                          f"{type(e).__name__}: {e}") from e
+        raise RewardError(
+            f"reward function {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}"
+        ) from e
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise RewardError(f"reward function {spec!r}: {module_name!r} has no attribute {attr!r}")
@@ -54,8 +55,10 @@ class FunctionReward:
         if hasattr(out, "tolist"):
             out = out.tolist()
         if not isinstance(out, list | tuple):
-            raise RewardError(f"reward function {self.name!r} returned a {type(out).__name__}; it must return a "
-                              f"list of floats, one per row ({len(rows)} rows)")
+            raise RewardError(
+                f"reward function {self.name!r} returned a {type(out).__name__}; it must return a "
+                f"list of floats, one per row ({len(rows)} rows)"
+            )
         return list(out)
 
 
