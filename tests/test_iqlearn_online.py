@@ -73,11 +73,13 @@ def test_online_iqlearn_hand_computed() -> None:
     expected = torch.tensor([demo_a / 4, demo_b / 4, own_c / 3, own_d / 3], dtype=torch.float64)
     torch.testing.assert_close(losses, expected, atol=1e-12, rtol=1e-12)
     torch.testing.assert_close(metrics["loss"], expected.sum())
-    torch.testing.assert_close(metrics["td_penalty/policy"], torch.tensor((sum(r * r for r in r_c) + r_d[0] ** 2) / 3,
-                                                                          dtype=torch.float64))
+    torch.testing.assert_close(
+        metrics["td_penalty/policy"], torch.tensor((sum(r * r for r in r_c) + r_d[0] ** 2) / 3, dtype=torch.float64)
+    )
     # num_policy_tokens overrides the own samples' normaliser (gradient accumulation / DDP)
-    losses10, _ = objectives.iqlearn(logps, mask, values, lam=LAM, gamma=GAMMA, alpha=alpha, num_policy_tokens=10,
-                                     **own())
+    losses10, _ = objectives.iqlearn(
+        logps, mask, values, lam=LAM, gamma=GAMMA, alpha=alpha, num_policy_tokens=10, **own()
+    )
     torch.testing.assert_close(losses10[2:], expected[2:] * 3 / 10)
 
 
