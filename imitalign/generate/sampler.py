@@ -154,8 +154,13 @@ def sample(
     batch_size: int = 32,
     eos_token_id: int | Sequence[int] | None = None,
     progress: bool = False,
+    prompt_indices: Sequence[int] | None = None,
 ) -> list[Sample]:
     """``n`` samples for each prompt, ordered by ``(prompt_index, sample_idx)``.
+
+    ``prompt_indices`` (default ``0..len-1``) are the prompts' indices in a larger set: they name the samples
+    (``Sample.prompt_index``) and seed their rows, so a shard of a prompt set draws exactly what the whole set
+    would draw for those prompts (how :mod:`imitalign.generate.kshot` shards across processes).
 
     Rows are sorted by prompt length and cut into batches of ``batch_size`` (left padding, KV cache). The
     model is put in eval mode for the call and restored after. See the module docstring for the seeding,
@@ -167,6 +172,9 @@ def sample(
         raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     if any(len(p) == 0 for p in prompt_ids):
         raise ValueError("empty prompt: every prompt needs at least one token")
+    names = list(range(len(prompt_ids))) if prompt_indices is None else [int(i) for i in prompt_indices]
+    if len(names) != len(prompt_ids) or len(set(names)) != len(names):
+        raise ValueError("prompt_indices must give one distinct index per prompt")
     eos = _eos_ids(model, tokenizer, eos_token_id)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
     device = _device(model)
@@ -209,7 +217,7 @@ def sample(
                     processors.append(TemperatureLogitsWarper(temperature))
                 if top_p < 1.0:
                     processors.append(TopPLogitsWarper(top_p))
-                processors.append(_GumbelNoise([row_seed(seed, i, j) for i, j in batch]))
+                processors.append(_GumbelNoise([row_seed(seed, names[i], j) for i, j in batch]))
             sequences = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attention.to(device),
@@ -227,7 +235,7 @@ def sample(
                 ids = new[r, :length].tolist()
                 text_ids = ids[:-1] if finished else ids
                 out[(i, j)] = Sample(
-                    prompt_index=i,
+                    prompt_index=names[i],
                     sample_idx=j,
                     response_ids=ids,
                     text=tokenizer.decode(text_ids, skip_special_tokens=True),
@@ -237,7 +245,7 @@ def sample(
                 )
     finally:
         model.train(was_training)
-    return [out[r] for r in sorted(out)]
+    return sorted(out.values(), key=lambda s: (s.prompt_index, s.sample_idx))
 
 
 def sample_rows(prompts: Sequence[Any], samples: Sequence[Sample]) -> list[dict[str, Any]]:
