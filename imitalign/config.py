@@ -59,6 +59,9 @@ class ReferenceConfig(_Strict):
     mode: Literal["auto", "copy", "adapter", "none"] = "auto"
     name_or_path: str | None = None
     precompute: bool = True  # reference log-probs computed once before training (cached on disk)
+    # where precomputed reference log-probs are cached: "auto" (~/.cache/imitalign/reflogps, or
+    # $IMITALIGN_CACHE/reflogps), a folder, or null to turn the cache off
+    cache_dir: str | None = "auto"
 
 
 class DataSource(_Strict):
@@ -107,7 +110,11 @@ class TrainConfig(_Strict):
     save_every: int | None = None
     keep_checkpoints: int = 2
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
-    packing: bool = False
+    # padding-free batches: sequences packed into rows with per-sequence position ids and block-diagonal
+    # attention (checked against padded batches on the model at start-up); same numbers, less compute
+    packing: bool = True
+    group_by_length: bool = False  # optimiser steps of similar-length examples (less padding; changes the order)
+    chunk_tokens: int | None = None  # LM head + log-softmax over chunks of this many positions (memory)
     num_threads: int | None = None
 
 

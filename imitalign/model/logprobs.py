@@ -11,6 +11,16 @@ prompt and padding. With ``chunk_tokens`` the head and log-softmax run over chun
 activation checkpointing, so that the full ``[tokens, vocab]`` logits are never alive at once (forward or
 backward); the result is identical to the plain computation.
 
+**Two batch layouts** (docs/contracts.md, "Batches"). *Padded*: one sequence per row, ``attention_mask``
+marks the real tokens. *Packed* (``position_ids`` given, see ``imitalign.data.collate.collate_pairs_packed``):
+several sequences share a row, ``position_ids`` restart at 0 at each sequence, and the model receives no 2D
+attention mask, so ``transformers`` derives a document-aware (block-diagonal causal) mask from the position
+ids — each sequence attends only to itself. Rows carry per-target index tensors computed by the collator on
+the host (``target_index``, ``target_seq``, ``target_pos``, ``token_mask``); with them the engine gathers the
+response positions with ``index_select`` and scatters results with ``index_put``, so the step
+has no boolean-mask indexing (which on an accelerator forces a host-device sync to learn the output size).
+Without them (hand-made padded batches) the boolean-mask path below is used; both give identical numbers.
+
 ``LogProbModel`` wraps a ``transformers`` causal LM (or a peft model around one) as an ``nn.Module`` whose
 ``forward`` returns the per-token tensors. It is what the trainer hands to ``accelerate.prepare``: DDP/FSDP
 then wrap a module whose forward is the whole computation, so gradient synchronisation works as usual.
@@ -47,8 +57,82 @@ def _head_logps(hidden: Tensor, head: nn.Module, targets: Tensor) -> tuple[Tenso
     return picked - values, values
 
 
-def head_logps(hidden: Tensor, head: nn.Module, targets: Tensor, chunk_tokens: int | None = None):
-    """Log-probs and values of ``targets [M]`` from hidden states ``[M, H]``; chunked when asked."""
+class _FusedHeadLogps(torch.autograd.Function):
+    """``(log π(t | h), logsumexp z)`` for ``z = h Wᵀ + b`` with a hand-written backward.
+
+    Forward keeps only ``lse [M]`` per position (plus the fp32 logits when not chunking); backward forms
+    ``∂z = softmax(z) · (g_v − g_lp) + onehot(t) · g_lp`` in place in one ``[chunk, V]`` buffer and turns it into
+    ``∂h = ∂z W`` and ``∂W = ∂zᵀ h`` chunk by chunk. With ``chunk`` set, the logits are recomputed in backward
+    (one extra ``[chunk, H] × [H, V]`` matmul) and no ``[M, V]`` tensor is ever alive."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk):  # type: ignore[override]
+        m = hidden.shape[0]
+        step = chunk or max(m, 1)
+        lps, lses, kept = [], [], None
+        for s in range(0, m, step):
+            z = torch.nn.functional.linear(hidden[s : s + step], weight, bias).float()
+            lse = torch.logsumexp(z, dim=-1)
+            lps.append(z.gather(-1, targets[s : s + step].unsqueeze(-1)).squeeze(-1) - lse)
+            lses.append(lse)
+            if chunk is None and any(ctx.needs_input_grad[:3]):
+                kept = z  # reused (overwritten) by backward: no recompute without chunking
+        lse = torch.cat(lses) if lses else hidden.new_zeros(0, dtype=torch.float32)
+        lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
+        ctx.chunk = chunk
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_zeros(0), targets, lse)
+        ctx.kept = kept
+        return lp, lse
+
+    @staticmethod
+    def backward(ctx, g_lp, g_v):  # type: ignore[override]
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        bias = bias if ctx.has_bias else None
+        m = hidden.shape[0]
+        g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.float()
+        g_v = torch.zeros_like(lse) if g_v is None else g_v.float()
+        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+        d_h = torch.empty_like(hidden) if need_h else None
+        d_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
+        d_b = torch.zeros_like(bias, dtype=torch.float32) if need_b and bias is not None else None
+        step = ctx.chunk or max(m, 1)
+        for s in range(0, m, step):
+            e = min(s + step, m)
+            z = ctx.kept if ctx.kept is not None else torch.nn.functional.linear(hidden[s:e], weight, bias).float()
+            dz = z.sub_(lse[s:e].unsqueeze(-1)).exp_().mul_((g_v[s:e] - g_lp[s:e]).unsqueeze(-1))
+            dz.scatter_add_(-1, targets[s:e].unsqueeze(-1), g_lp[s:e].unsqueeze(-1))
+            if d_h is not None:
+                torch.mm(dz.to(weight.dtype), weight, out=d_h[s:e])
+            if d_w is not None:
+                d_w.addmm_(dz.t(), hidden[s:e].float())
+            if d_b is not None:
+                d_b += dz.sum(0)
+        ctx.kept = None
+        return (
+            d_h,
+            None if d_w is None else d_w.to(weight.dtype),
+            None if d_b is None else d_b.to(bias.dtype),
+            None,
+            None,
+        )
+
+
+def _fusable(head: nn.Module) -> bool:
+    return type(head) is nn.Linear and not torch.is_autocast_enabled(head.weight.device.type)
+
+
+def head_logps(
+    hidden: Tensor, head: nn.Module, targets: Tensor, chunk_tokens: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Log-probs and values (``logsumexp`` of the fp32 logits) of ``targets [M]`` from hidden states ``[M, H]``.
+
+    A plain ``nn.Linear`` head (outside autocast) runs through a fused function with a hand-written backward
+    (see ``_FusedHeadLogps``); with ``chunk_tokens`` it works on chunks of positions and never holds more than
+    ``[chunk_tokens, V]`` logits, in forward or backward. Other heads (a LoRA-wrapped head, autocast) use
+    autograd, chunked under activation checkpointing when asked. Every path gives the same numbers."""
+    if _fusable(head):
+        return _FusedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens)
     if chunk_tokens is None or hidden.shape[0] <= chunk_tokens:
         return _head_logps(hidden, head, targets)
     outs = [
@@ -59,8 +143,13 @@ def head_logps(hidden: Tensor, head: nn.Module, targets: Tensor, chunk_tokens: i
 
 
 class LogProbModel(nn.Module):
-    """``forward(input_ids, attention_mask, response_mask, position_ids=None) -> (token_logps, values)``
-    flattened over the response positions of the batch (row-major order)."""
+    """``forward(input_ids, attention_mask, response_mask, position_ids=None, target_index=None)
+    -> (token_logps, values)`` flattened over the response targets of the batch, in row-major order of the
+    predicting positions (the order of ``target_index`` when given).
+
+    ``position_ids`` marks a packed batch: the model then gets no ``attention_mask`` (see the module docstring).
+    ``target_index [M]`` are flat indices into ``[N * T]`` of the positions whose logits predict a response
+    token (the token at ``target_index + 1``)."""
 
     def __init__(self, lm: nn.Module, chunk_tokens: int | None = None, full_logits: bool = False):
         super().__init__()
@@ -74,20 +163,34 @@ class LogProbModel(nn.Module):
         attention_mask: Tensor,
         response_mask: Tensor,
         position_ids: Tensor | None = None,
+        target_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        targets_mask = response_mask[:, 1:]
-        targets = input_ids[:, 1:][targets_mask]
-        extra = {} if position_ids is None else {"position_ids": position_ids}
+        if position_ids is None:
+            model_kw = {"attention_mask": attention_mask}
+        else:  # packed rows: the document structure lives in the position ids
+            model_kw = {"attention_mask": None, "position_ids": position_ids}
+        if target_index is None:
+            targets_mask = response_mask[:, 1:]
+            targets = input_ids[:, 1:][targets_mask]
+        else:
+            targets = input_ids.reshape(-1).index_select(0, target_index + 1)
         if self.full_logits:
-            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
-            logits = logits[:, :-1][targets_mask].float()
+            logits = self.lm(input_ids=input_ids, use_cache=False, **model_kw).logits
+            logits = _select(logits, response_mask, target_index).float()
             values = torch.logsumexp(logits, dim=-1)
             return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - values, values
         causal = _causal_lm(self.lm)
         backbone = getattr(causal, causal.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-        hidden = hidden[:, :-1][targets_mask]
+        hidden = backbone(input_ids=input_ids, use_cache=False, **model_kw).last_hidden_state
+        hidden = _select(hidden, response_mask, target_index)
         return head_logps(hidden, causal.get_output_embeddings(), targets, self.chunk_tokens)
+
+
+def _select(x: Tensor, response_mask: Tensor, target_index: Tensor | None) -> Tensor:
+    """``x [N, T, D]`` at the positions that predict a response token, as ``[M, D]``."""
+    if target_index is None:
+        return x[:, :-1][response_mask[:, 1:]]
+    return x.reshape(-1, x.shape[-1]).index_select(0, target_index)
 
 
 def unflatten(flat: Tensor, targets_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -100,13 +203,36 @@ def unflatten(flat: Tensor, targets_mask: Tensor) -> tuple[Tensor, Tensor]:
     return out, mask
 
 
-def to_logprobs(token_logps: Tensor, values: Tensor | None, response_mask: Tensor) -> LogProbs:
-    targets_mask = response_mask[:, 1:]
-    rows, mask = unflatten(token_logps, targets_mask)
-    vals = unflatten(values, targets_mask)[0] if values is not None else None
+def to_logprobs(
+    token_logps: Tensor,
+    values: Tensor | None,
+    response_mask: Tensor,
+    index: dict[str, Tensor] | None = None,
+) -> LogProbs:
+    """Per-sequence sums and left-aligned ``[N, L]`` token tensors from the engine's flat output.
+
+    ``index`` (``target_seq [M]``, ``target_pos [M]``, ``token_mask [N, L]``, from the collator) is required for
+    packed batches, where a row holds several sequences; without it each row of ``response_mask`` is one
+    sequence. ``logps`` is the plain sum of the response-token log-probs (no length normalisation here)."""
+    if index is None:
+        targets_mask = response_mask[:, 1:]
+        rows, mask = unflatten(token_logps, targets_mask)
+        vals = unflatten(values, targets_mask)[0] if values is not None else None
+    else:
+        seq, pos, mask = index["target_seq"], index["target_pos"], index["token_mask"]
+        rows = token_logps.new_zeros(mask.shape).index_put((seq, pos), token_logps)
+        vals = None if values is None else values.new_zeros(mask.shape).index_put((seq, pos), values)
     return LogProbs(
         logps=rows.sum(dim=1), n_tokens=mask.sum(dim=1), token_logps=rows, token_mask=mask, token_values=vals
     )
+
+
+INDEX_KEYS = ("target_seq", "target_pos", "token_mask")
+
+
+def batch_index(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The collator's per-target index tensors of ``batch``, or None for a plain padded batch."""
+    return {k: batch[k] for k in INDEX_KEYS} if "target_index" in batch else None
 
 
 def batch_logprobs(
@@ -116,6 +242,10 @@ def batch_logprobs(
     or a ``LogProbModel``)."""
     engine = model if isinstance(model, LogProbModel) else LogProbModel(model, chunk_tokens)
     flat, values = engine(
-        batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch.get("position_ids")
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["response_mask"],
+        batch.get("position_ids"),
+        batch.get("target_index"),
     )
-    return to_logprobs(flat, values if with_values else None, batch["response_mask"])
+    return to_logprobs(flat, values if with_values else None, batch["response_mask"], batch_index(batch))

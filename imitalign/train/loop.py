@@ -31,10 +31,18 @@ from transformers import get_scheduler
 
 from imitalign import objectives
 from imitalign.config import Config, dump_config
-from imitalign.data.collate import collate_demos, collate_pairs, pad_id_for
+from imitalign.data.collate import (
+    collate_demos,
+    collate_demos_packed,
+    collate_pairs,
+    collate_pairs_packed,
+    pad_id_for,
+    with_target_index,
+)
 from imitalign.data.dataset import build_datasets, validate_data
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
+from imitalign.model.packing import PackingUnsupported, check_packing
 from imitalign.model.score import load_score_model
 from imitalign.reward.labels import read_labels
 from imitalign.train import steps
@@ -75,16 +83,24 @@ def _mixed_precision(name: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
-def _collate(kind: str, items: list, pad_id: int, ref: torch.Tensor | None, idx: list[int]) -> dict:
+def _collate(
+    kind: str, items: list, pad_id: int, ref: torch.Tensor | None, idx: list[int], packing: bool = False
+) -> dict:
     """A batch of ``items``; ``ref`` holds per-item data indexed by ``idx``: reference log-probs ``[n, 2]``
     (pair kinds) or 0/1 labels ``[n]`` (``classifier``)."""
     if kind in ("pair", "reward_pair"):
-        batch = collate_pairs(items, pad_id)
+        if kind == "pair":  # padding-free rows, or padded rows with host-side target indices
+            batch = collate_pairs_packed(items, pad_id) if packing else with_target_index(collate_pairs(items, pad_id))
+        else:
+            batch = collate_pairs(items, pad_id)
         if ref is not None:
             sel = ref[idx]
             batch["ref_logps"] = torch.cat([sel[:, 0], sel[:, 1]])
         return batch
-    batch = collate_demos(items, pad_id)
+    if kind == "token":
+        batch = collate_demos_packed(items, pad_id) if packing else with_target_index(collate_demos(items, pad_id))
+    else:
+        batch = collate_demos(items, pad_id)
     if kind == "classifier" and ref is not None:
         batch["labels"] = ref[idx]
     return batch
@@ -166,7 +182,13 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     if not train_items:
         raise TrainingError(f"no training examples left after parsing and truncation:\n{report.summary()}")
 
-    engine = model if spec.kind in SCORE_KINDS else LogProbModel(model, chunk_tokens=None)
+    engine = model if spec.kind in SCORE_KINDS else LogProbModel(model, chunk_tokens=cfg.train.chunk_tokens)
+    packing = cfg.train.packing and spec.kind in DATA_KIND and spec.kind not in SCORE_KINDS
+    if packing:
+        try:
+            check_packing(model, pad_id_for(tok))
+        except PackingUnsupported as e:
+            raise TrainingError(str(e)) from None
     ref_logps = None
     ref_engine = None
     if spec.needs_reference:
@@ -215,6 +237,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
 
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", accelerator, enabled=main)
     lengths = None
+    if cfg.train.group_by_length:  # whole optimiser steps of similar length (batching.epoch_order)
+        lengths = [len(it.prompt_ids) + max(len(r) for r in _responses(it)) for it in train_items]
     pad_id = pad_id_for(tok)
 
     def run_eval() -> dict[str, float]:
@@ -228,7 +252,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             for s in range(0, len(mine), ebs):
                 idx = mine[s : s + ebs]
                 eidx = [len(train_items) + i for i in idx]
-                batch = _collate(spec.kind, [eval_items[i] for i in idx], pad_id, ref_logps, eidx)
+                batch = _collate(spec.kind, [eval_items[i] for i in idx], pad_id, ref_logps, eidx, packing)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 ones = torch.ones(len(idx), device=accelerator.device)
                 if ref_engine is not None and spec.kind == "pair":
@@ -253,13 +277,14 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     )
     speed = Throughput()
     window = _MetricMean()
+    pad_real, pad_slots = 0, 0  # real tokens and token slots (rows × width) fed to the model since the last log
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
     cached_epoch, order = -1, []
     while step < total_steps:
         epoch, in_epoch = divmod(step, per_epoch)
         if epoch != cached_epoch:
-            order = epoch_order(len(train_items), cfg.run.seed, epoch, lengths)
+            order = epoch_order(len(train_items), cfg.run.seed, epoch, lengths, group=global_batch if lengths else 0)
             cached_epoch = epoch
         plan = plan_step(order, in_epoch, bs, accum, world, rank)
         micro_batches = []
@@ -267,7 +292,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             weights = torch.ones(len(idx))
             if not idx:  # this process has no share of a short last step: a zero-weight stand-in keeps DDP in step
                 idx, weights = [order[0]], torch.zeros(1)
-            batch = _collate(spec.kind, [train_items[i] for i in idx], pad_id, ref_logps, idx)
+            batch = _collate(spec.kind, [train_items[i] for i in idx], pad_id, ref_logps, idx, packing)
             micro_batches.append((batch, weights))
         step_tokens_local = sum(_response_tokens(b) for b, w in micro_batches if w.sum() > 0)
         step_tokens = step_tokens_local
@@ -299,6 +324,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             step_loss += loss.detach()
             window.add(metrics, float(weights.sum()))
             speed.add(int(batch["attention_mask"].sum()) if weights.sum() > 0 else 0)
+            pad_real += int(batch["attention_mask"].sum())
+            pad_slots += batch["attention_mask"].numel()
         grad_norm = None
         if cfg.train.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(engine.parameters(), cfg.train.max_grad_norm)
@@ -321,6 +348,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         if step % cfg.train.log_every == 0 or step == total_steps:
             last_train = window.result(accelerator)
             window = _MetricMean()
+            pad_fraction = 1.0 - pad_real / max(pad_slots, 1)
+            pad_real, pad_slots = 0, 0
             tps = speed.rate() * world
             record = {f"train/{k}": v for k, v in last_train.items()}
             record.update(
@@ -328,6 +357,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                     "lr": scheduler.get_last_lr()[0],
                     "epoch": step / per_epoch,
                     "tokens_per_s": tps,
+                    "pad_fraction": pad_fraction,  # share of the token slots fed to the model that were padding
                     "peak_mem_mb": peak_memory_mb(),
                 }
             )
@@ -376,6 +406,13 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.end_training()
     return result
+
+
+def _responses(item: Any) -> list[list[int]]:
+    """The response token lists of a tokenised pair or demonstration."""
+    if hasattr(item, "chosen_ids"):
+        return [item.chosen_ids, item.rejected_ids]
+    return [item.response_ids]
 
 
 class _nullcontext:

@@ -17,11 +17,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imitalign.model.logprobs import to_logprobs
+from imitalign.model.logprobs import batch_index, to_logprobs
 
 
 def forward(engine: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    return engine(batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch.get("position_ids"))
+    """The engine on a padded or packed batch (``imitalign.model.logprobs``): flat token log-probs, values."""
+    return engine(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch["response_mask"],
+        batch.get("position_ids"),
+        batch.get("target_index"),
+    )
 
 
 def pair_loss(
@@ -34,7 +41,7 @@ def pair_loss(
     world: int,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     flat, _ = forward(engine, batch)
-    lp = to_logprobs(flat, None, batch["response_mask"])
+    lp = to_logprobs(flat, None, batch["response_mask"], batch_index(batch))
     b = lp.logps.shape[0] // 2
     ref = batch.get("ref_logps")
     losses, metrics = fn(
@@ -58,7 +65,7 @@ def token_loss(
     world: int,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     flat, values = forward(engine, batch)
-    lp = to_logprobs(flat, values, batch["response_mask"])
+    lp = to_logprobs(flat, values, batch["response_mask"], batch_index(batch))
     losses, metrics = fn(lp.token_logps, lp.token_mask, lp.token_values, num_tokens=step_tokens / world)
     return (losses * weights).sum(), metrics
 
@@ -66,7 +73,7 @@ def token_loss(
 @torch.no_grad()
 def sequence_logps(engine: Any, batch: dict[str, Tensor]) -> Tensor:
     flat, _ = forward(engine, batch)
-    return to_logprobs(flat, None, batch["response_mask"]).logps
+    return to_logprobs(flat, None, batch["response_mask"], batch_index(batch)).logps
 
 
 def score_loss(
