@@ -32,7 +32,8 @@ Processes
   ``q ~ Beta(2, 2)``, a content rate ``U(0.35, 0.8)``, a topic balance ``U(0.2, 0.8)``, a length near ``L``
   (60 %: ``L + N(0, (0.3L)²)``) or anywhere in 2..20 (40 %), repeats a previous content word with prob. 0.12
   per position, inserts a style word with prob. 0.03, and ends with ``.`` with prob. 0.7.
-  Its gold reward is middling with a wide spread (see ``tests/test_gym.py`` and the README for figures).
+  Its gold reward is middling with a wide spread: 0.547 ± 0.177 (mean ± sd; the 20 000 rows of the default
+  ``GymConfig``'s ``sft.jsonl``), against 0.997 ± 0.007 for the expert.
 - ``expert_response``: high ``r*``: ``k`` or ``k+1`` distinct words of each topic, filler to ``L`` words
   (±1 with prob. 0.2), shuffled, then ``.``.
 - ``stylize``: the *style-shifted* expert inserts a style word before each content word with prob.
