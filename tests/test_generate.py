@@ -168,3 +168,12 @@ def test_rejects_bad_arguments(model, tok, prompt_ids):
         sample(model, tok, prompt_ids, top_p=0.0)
     with pytest.raises(ValueError):
         sample(model, tok, prompt_ids, n=0)
+
+
+def test_prompt_indices_shard_draws_what_the_whole_set_draws(model, tok, prompt_ids):
+    whole = sample(model, tok, prompt_ids, n=2, max_new_tokens=10, seed=5)
+    shard = sample(model, tok, prompt_ids[2:], n=2, max_new_tokens=10, seed=5, prompt_indices=[2, 3])
+    assert [(s.prompt_index, s.sample_idx) for s in shard] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert _ids(shard) == _ids(whole[4:])
+    with pytest.raises(ValueError, match="prompt_indices"):
+        sample(model, tok, prompt_ids[:2], prompt_indices=[1, 1])
