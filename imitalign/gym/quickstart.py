@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from imitalign.config import Config, load_config
 from imitalign.gym.build import (
@@ -40,7 +39,7 @@ from imitalign.gym.build import (
     write_jsonl,
 )
 from imitalign.gym.tokenizer import tiny_llama_config
-from imitalign.train.loop import TrainResult, train
+from imitalign.loops.stages import train_or_reuse  # noqa: F401 - re-exported (imitalign.loops.afd uses it)
 
 
 @dataclass(frozen=True)
@@ -126,21 +125,6 @@ def _train_cfg(
     return load_config(None, raw=raw)
 
 
-def train_or_reuse(cfg: Config) -> dict[str, Any]:
-    """Train, unless the run folder already holds a finished run of exactly this configuration."""
-    run_dir = Path(cfg.run.output_dir)
-    summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
-    if summary.exists() and saved.exists() and yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json"):
-        _say(f"reusing {run_dir}")
-        return json.loads(summary.read_text())
-    if run_dir.exists():
-        import shutil
-
-        shutil.rmtree(run_dir)  # an unfinished or different run: start it again
-    result: TrainResult = train(cfg, quiet=False)
-    return json.loads((result.run_dir / "summary.json").read_text())
-
-
 def _load(model_dir: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -183,7 +167,22 @@ def evaluate_run(
     return res
 
 
-def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class GymBase:
+    """What every gym experiment starts from: the gym files, the SFT model π_SFT (= π_0 of the online loops),
+    preference pairs of SFT samples labelled by Bradley–Terry on r*, and held-out eval pairs."""
+
+    files: Any  # GymFiles
+    work: Path
+    sft_dir: Path
+    sft_summary: dict[str, Any]
+    sft_seconds: float
+    prefs: Path
+    eval_pairs: Path
+
+
+def prepare_base(root: Path, plan: Plan, seed: int) -> GymBase:
+    """Build (or reuse) the gym, the SFT model and the offline pairs of ``seed`` under ``root``."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
     gym_cfg = plan.gym.model_copy(update={"seed": 0})
     files = build_gym(gym_cfg, gym_dir(root / "gym", gym_cfg))
@@ -199,14 +198,23 @@ def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> 
     )
     sft_summary = train_or_reuse(sft_cfg)
     sft_dir = Path(sft_cfg.run.output_dir) / "model"
-    timings = {"SFT": time.perf_counter() - t}
-    ppl = math.exp(sft_summary["eval"]["nll"])
-    _say(f"SFT held-out perplexity {ppl:.2f} per token (uniform: {plan.model['vocab_size']})")
-
+    sft_seconds = time.perf_counter() - t
     pref_prompts = [r["prompt"] for r in read_jsonl(files.pref_prompts)]
     eval_prompts = [r["prompt"] for r in read_jsonl(files.eval_prompts)]
     prefs = sample_pairs(sft_dir, pref_prompts, work / "data" / "prefs.jsonl", seed, plan)
     eval_pairs_path = sample_pairs(sft_dir, eval_prompts, work / "data" / "eval_pairs.jsonl", seed + 500, plan)
+    return GymBase(files, work, sft_dir, sft_summary, sft_seconds, prefs, eval_pairs_path)
+
+
+def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> list[dict[str, Any]]:
+    base = prepare_base(root, plan, seed)
+    files, work, sft_dir, sft_summary = base.files, base.work, base.sft_dir, base.sft_summary
+    prefs, eval_pairs_path = base.prefs, base.eval_pairs
+    timings = {"SFT": base.sft_seconds}
+    ppl = math.exp(sft_summary["eval"]["nll"])
+    _say(f"SFT held-out perplexity {ppl:.2f} per token (uniform: {plan.model['vocab_size']})")
+
+    eval_prompts = [r["prompt"] for r in read_jsonl(files.eval_prompts)]
     eval_pairs = read_jsonl(eval_pairs_path)
     pairs = read_jsonl(prefs)
     agree = statistics.fmean(p["chosen_gold"] >= p["rejected_gold"] for p in pairs)

@@ -1,0 +1,74 @@
+"""Stages that write files: the pieces loops are made of (shared by the quickstart, AfD and the online loops).
+
+A *stage* is finished when its output exists: every output is written atomically (a temporary name renamed
+into place), so an interrupted stage leaves no file that looks finished, and a rerun redoes exactly the
+unfinished stages. Training stages are finished when the run folder holds a ``summary.json`` written by the
+*same* configuration (:func:`train_or_reuse`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from imitalign.config import Config
+
+log = logging.getLogger(__name__)
+
+
+def _say(msg: str) -> None:
+    print(f"[quickstart] {msg}", flush=True)
+
+
+def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool = False) -> dict[str, Any]:
+    """Train, unless the run folder already holds a finished run of exactly this configuration; returns the
+    run's ``summary.json``. An unfinished or different run in the folder is removed and trained again."""
+    from imitalign.train.loop import train
+
+    run_dir = Path(cfg.run.output_dir)
+    summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
+    if summary.exists() and saved.exists() and yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json"):
+        say(f"reusing {run_dir}")
+        return json.loads(summary.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished or different run: start it again
+    result = train(cfg, quiet=quiet)
+    return json.loads((result.run_dir / "summary.json").read_text())
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    """Write JSON atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def model_fingerprint(model_dir: str | Path) -> str:
+    """16 hex digits of the sha256 of a model folder's weight files (``*.safetensors``/``*.bin``, by name):
+    equal iff the weights are byte-identical."""
+    folder = Path(model_dir)
+    files = sorted(p for p in folder.glob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no weight files (*.safetensors, *.bin) in {folder}")
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
