@@ -44,7 +44,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imitalign.config import ConfigError, DataSource, apply_overrides, format_validation_error
-from imitalign.loops.bon import SamplingConfig, draw, prompt_value
+from imitalign.loops.bon import SamplingConfig, draw, model_id, prompt_value
 from imitalign.reward.discriminator import META_FILE, MODES
 
 Mode = Literal["init_sft", "init_demo", "sft_demo"]
@@ -201,7 +201,7 @@ def sft_policy(cfg: AfdConfig, *, quiet: bool = False) -> str:
     """π_SFT: ``cfg.sft_model``, or π_init fine-tuned on the demonstrations (MLE) in ``output_dir/sft``."""
     if cfg.sft_model:
         return cfg.sft_model
-    from imitalign.gym.quickstart import train_or_reuse
+    from imitalign.loops.stages import train_or_reuse
 
     run = run_config(
         Path(cfg.output_dir) / "sft",
@@ -214,7 +214,7 @@ def sft_policy(cfg: AfdConfig, *, quiet: bool = False) -> str:
         max_length=cfg.max_length,
         system_prompt=cfg.system_prompt,
     )
-    summary = train_or_reuse(run)
+    summary = train_or_reuse(run, say=_say)
     return str(summary["model_dir"])
 
 
@@ -226,7 +226,7 @@ def sample_class(
     from imitalign.loops.bon import _fingerprint, _read_cached, _write_rows
 
     fp = _fingerprint(
-        model=model_path,
+        model=model_id(model_path),
         prompts=[r["prompt"] for r in rows],
         n=cfg.samples_per_prompt,
         seed=seed,
@@ -271,7 +271,7 @@ def labelled(
 def train_discriminator(cfg: AfdConfig, mode: str, files: dict[str, Path], *, quiet: bool = False) -> dict[str, Any]:
     """Train the ``mode`` discriminator (objective ``discriminator_bce``) on its class files; returns the run
     summary with ``model_dir``. Writes ``afd.json`` into the model folder."""
-    from imitalign.gym.quickstart import train_or_reuse
+    from imitalign.loops.stages import train_or_reuse
 
     data: dict[str, Any] = {"train": {"path": str(files["train"]), "format": "demonstration"}}
     if files.get("eval") is not None:
@@ -287,7 +287,7 @@ def train_discriminator(cfg: AfdConfig, mode: str, files: dict[str, Path], *, qu
         max_length=cfg.max_length,
         system_prompt=cfg.system_prompt,
     )
-    summary = train_or_reuse(run)
+    summary = train_or_reuse(run, say=_say)
     positive, negative = MODES[mode]
     meta = {
         "reward": "discriminator",

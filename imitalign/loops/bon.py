@@ -279,6 +279,17 @@ def draw(
     return sample_rows(prompts, samples)
 
 
+def model_id(path: str) -> str:
+    """A local model folder by the hash of its weights (a retrained folder is a different model), else the
+    string itself (a hub id)."""
+    from imitalign.loops.stages import model_fingerprint
+
+    try:
+        return model_fingerprint(path) if Path(path).is_dir() else path
+    except FileNotFoundError:
+        return path
+
+
 def _fingerprint(**fields: Any) -> str:
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -310,13 +321,13 @@ def candidates(cfg: BonConfig, *, progress: bool = False) -> tuple[list[dict[str
     tok = load_tokenizer(ModelConfig(name_or_path=cfg.model))
     prompts, prompt_ids = load_prompts(cfg, tok)
     common = {"prompts": prompt_ids, "sampling": cfg.sampling.model_dump()}
-    fp = _fingerprint(model=cfg.model, n=cfg.n_max, seed=cfg.seed, **common)
+    fp = _fingerprint(model=model_id(cfg.model), n=cfg.n_max, seed=cfg.seed, **common)
     rows = _read_cached(out / "samples.jsonl", fp)
     if rows is None:
         rows = draw(cfg.model, prompts, prompt_ids, cfg.n_max, cfg.seed, cfg.sampling, progress=progress)
         _write_rows(out / "samples.jsonl", rows, fp)
     base_model = cfg.baseline_model or cfg.model
-    base_fp = _fingerprint(model=base_model, n=cfg.baseline_n, seed=cfg.seed + 7919, **common)
+    base_fp = _fingerprint(model=model_id(base_model), n=cfg.baseline_n, seed=cfg.seed + 7919, **common)
     base = _read_cached(out / "baseline.jsonl", base_fp)
     if base is None:
         base = draw(base_model, prompts, prompt_ids, cfg.baseline_n, cfg.seed + 7919, cfg.sampling, progress=progress)
