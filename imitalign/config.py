@@ -85,6 +85,9 @@ class DataConfig(_Strict):
     max_length: int = 1024
     max_prompt_length: int | None = None
     system_prompt: str | None = None
+    # the policy's own samples (prompt, response) for token objectives that mix them into the TD-regularised
+    # term (online IQLearn, objective option ``alpha``); they never enter the likelihood term
+    policy_samples: DataSource | None = None
 
 
 class ObjectiveConfig(_Strict):

@@ -107,3 +107,75 @@ def test_alpha_without_own_samples_or_partial_tensors_is_an_error() -> None:
     del policy["policy_token_values"]
     with pytest.raises(ValueError, match="all of"):
         objectives.iqlearn(logps, mask, values, alpha=0.1, **policy)
+
+
+# ------------------------------------------------------------------------------------------ through the loop
+def _loop_cfg(tmp_path, name: str, options: dict, policy_samples: bool, **train_kw):
+    import json
+    import random
+
+    from imitalign.config import load_config
+    from imitalign.gym.tokenizer import save_tokenizer
+    from tests.helpers import TINY_LLAMA
+    from tests.test_train import write_demos
+
+    demos = tmp_path / "demos.jsonl"
+    if not demos.exists():
+        write_demos(demos, 48, 0)
+        rng = random.Random(1)
+        with (tmp_path / "own.jsonl").open("w") as f:  # "own samples": noisier responses to the same prompts
+            for _ in range(20):
+                words = " ".join(rng.choice(["wave", "boat", "street", "tree", "the"]) for _ in range(rng.randint(1, 6)))
+                f.write(json.dumps({"prompt": "write about forest , short =>", "response": words}) + "\n")
+        save_tokenizer(tmp_path / "tok")
+    data = {"train": {"path": str(demos)}, "eval_fraction": 0.25, "chat_template": "none", "max_length": 64}
+    if policy_samples:
+        data["policy_samples"] = {"path": str(tmp_path / "own.jsonl")}
+    raw = {
+        "run": {"output_dir": str(tmp_path / name), "seed": 3},
+        "model": {"config": dict(TINY_LLAMA), "tokenizer": str(tmp_path / "tok")},
+        "data": data,
+        "objective": {"name": "iqlearn", "options": options},
+        "train": {"batch_size": 6, "lr": 3e-3, "max_steps": 5, "warmup_ratio": 0.0, "log_every": 1,
+                  "schedule": "constant", **train_kw},
+    }
+    return load_config(None, raw=raw)
+
+
+def _weights(model_dir) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_loop_with_alpha_zero_and_own_samples_equals_offline_training(tmp_path, packing) -> None:
+    from imitalign.train.loop import train
+
+    torch.set_num_threads(1)
+    offline = train(_loop_cfg(tmp_path, "offline", {"lam": 0.5}, False, packing=packing), quiet=True)
+    online0 = train(_loop_cfg(tmp_path, "alpha0", {"lam": 0.5, "alpha": 0.0}, True, packing=packing), quiet=True)
+    a, b = _weights(offline.model_dir), _weights(online0.model_dir)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # α > 0: the own samples' TD term changes the update, and is logged
+    online = train(_loop_cfg(tmp_path, "alpha05", {"lam": 0.5, "alpha": 0.5}, True, packing=packing), quiet=True)
+    c = _weights(online.model_dir)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    assert online.train_metrics["td_penalty/policy"] > 0
+    assert online.eval_metrics.keys() == offline.eval_metrics.keys()  # eval is on demonstrations only
+
+
+def test_loop_rejects_bad_alpha_and_misplaced_own_samples_before_loading(tmp_path) -> None:
+    from imitalign.config import ConfigError
+    from imitalign.train.loop import train
+
+    with pytest.raises(ConfigError, match=r"alpha .* must be in \[0, 1\]"):
+        train(_loop_cfg(tmp_path, "bad", {"alpha": 1.5}, True), quiet=True)
+    with pytest.raises(ConfigError, match="none were given"):
+        train(_loop_cfg(tmp_path, "noown", {"alpha": 0.2}, False), quiet=True)
+    cfg = _loop_cfg(tmp_path, "mle", {}, True)
+    cfg = cfg.model_copy(update={"objective": cfg.objective.model_copy(update={"name": "mle"})})
+    with pytest.raises(ConfigError, match="does not use the policy's own samples"):
+        train(cfg, quiet=True)
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "mle").exists()  # nothing started

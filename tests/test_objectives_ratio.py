@@ -356,7 +356,7 @@ def test_registry_names_kinds_and_flags() -> None:
     assert objectives.get("simpo").defaults == {"beta": 2.0, "length_normalize": True, "gamma": 0.5}
     assert objectives.get("mle").kind == "token" and objectives.get("mle").reduction == "sum"
     iq = objectives.get("iqlearn")
-    assert iq.needs_values and iq.reduction == "sum" and iq.defaults == {"lam": 0.1, "gamma": 1.0}
+    assert iq.needs_values and iq.reduction == "sum" and iq.defaults == {"lam": 0.1, "gamma": 1.0, "alpha": 0.0}
     assert objectives.get("bradley_terry").kind == "reward_pair"
     assert objectives.get("discriminator_bce").kind == "classifier"
     assert objectives.get("dpo").doc.startswith("Direct Preference Optimisation")

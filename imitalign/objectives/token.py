@@ -155,7 +155,8 @@ def iqlearn(
     (``n_D``/``n_P``: response tokens of the demonstrations/own samples, or ``num_tokens``/``num_policy_tokens``).
     α = 0 is the offline objective exactly (the own-sample term is multiplied by 0; the demonstration term is
     the same expression). With own samples given, ``losses`` has ``N + N_P`` entries: the demonstrations'
-    per-sequence losses, then the own samples'; their sum is the batch loss.
+    per-sequence losses, then the own samples'; their sum is the batch loss. Own-sample tensors with no rows
+    (``[0, L]``) give the demonstrations' share of the loss alone (how the trainer evaluates on demonstrations).
 
     Args:
       token_logps: ``[N, L]`` log π(a_t|s_t) per response token, left-aligned, padded.
@@ -212,10 +213,11 @@ def iqlearn(
             p_mask, num_policy_tokens, policy_token_logps.dtype
         )
         losses = torch.cat([losses, p_losses.to(losses.dtype)])
-        p_r_t = p_r_t.detach()
         metrics["loss"] = losses.detach().sum()
-        metrics["td_penalty/policy"] = _masked_mean(p_r_t**2, p_mask)
-        metrics["reward/policy_mean"] = _masked_mean(p_r_t, p_mask)
+        if p_mask.shape[0] > 0:  # (no own samples, e.g. at evaluation: the demonstrations' share only)
+            p_r_t = p_r_t.detach()
+            metrics["td_penalty/policy"] = _masked_mean(p_r_t**2, p_mask)
+            metrics["reward/policy_mean"] = _masked_mean(p_r_t, p_mask)
     return losses, metrics
 
 

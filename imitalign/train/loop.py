@@ -39,7 +39,7 @@ from imitalign.data.collate import (
     pad_id_for,
     with_target_index,
 )
-from imitalign.data.dataset import build_datasets, validate_data
+from imitalign.data.dataset import build_datasets, load_split, validate_data
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
@@ -141,6 +141,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         raise NotImplementedError(f"objective {spec.name!r} of kind {spec.kind!r} is trained by its own command")
     fn = objectives.build(cfg.objective.name, cfg.objective.options)
     validate_data(cfg.data, DATA_KIND[spec.kind])  # before any model loads
+    _check_policy_samples(cfg, spec, fn)
     label_of = read_labels(cfg.data) if spec.kind == "classifier" else None
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -175,10 +176,19 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     else:
         model, tok = load_policy(cfg.model, cfg.run.seed)
     train_items, eval_items, report = build_datasets(cfg.data, tok, DATA_KIND[spec.kind], seed=cfg.run.seed)
+    policy_items: list = []  # the policy's own samples (online IQLearn): TD term only, an order of their own
+    if cfg.data.policy_samples is not None:
+        policy_items, policy_report = load_split(cfg.data.policy_samples, "demonstration", tok, cfg.data,
+                                                 name="policy_samples")
     if main:
-        (run_dir / "data_report.json").write_text(json.dumps(report.to_dict(), indent=2))
+        saved_report = report.to_dict()
+        if cfg.data.policy_samples is not None:
+            saved_report["policy_samples"] = policy_report.to_dict()
+        (run_dir / "data_report.json").write_text(json.dumps(saved_report, indent=2))
         if not quiet:
             print(report.summary())
+            if cfg.data.policy_samples is not None:
+                print(policy_report.summary())
     if not train_items:
         raise TrainingError(f"no training examples left after parsing and truncation:\n{report.summary()}")
 
@@ -265,7 +275,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                     )
                 else:
                     ntok = _response_tokens(batch)
-                    _, m = steps.token_loss(engine, fn, batch, weights=ones, step_tokens=ntok, world=1)
+                    _, m = steps.token_loss(
+                        engine, fn, batch, weights=ones, step_tokens=ntok, world=1, no_policy_samples=bool(policy_items)
+                    )
                 acc.add(m, len(idx))
         engine.train()
         return acc.result(accelerator)
@@ -294,11 +306,21 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                 idx, weights = [order[0]], torch.zeros(1)
             batch = _collate(spec.kind, [train_items[i] for i in idx], pad_id, ref_logps, idx, packing)
             micro_batches.append((batch, weights))
+        own_tokens_local = 0
+        if policy_items:  # the m-th micro-batch also carries its share of the step's own samples
+            own = plan_step(_policy_order(len(policy_items), cfg.run.seed, step, global_batch), 0, bs, accum,
+                            world, rank)
+            for (batch, _), own_idx in zip(micro_batches, own.micro, strict=False):
+                if own_idx:
+                    part = _collate("token", [policy_items[i] for i in own_idx], pad_id, None, own_idx, packing)
+                    own_tokens_local += _response_tokens(part)
+                    batch.update({steps.POLICY_PREFIX + k: v for k, v in part.items()})
         step_tokens_local = sum(_response_tokens(b) for b, w in micro_batches if w.sum() > 0)
         step_tokens = step_tokens_local
+        step_own_tokens = own_tokens_local
         if spec.kind == "token" and world > 1:
-            t = torch.tensor(step_tokens_local, device=accelerator.device)
-            step_tokens = int(accelerator.reduce(t, "sum"))
+            t = torch.tensor([step_tokens_local, own_tokens_local], device=accelerator.device)
+            step_tokens, step_own_tokens = (int(x) for x in accelerator.reduce(t, "sum"))
         step_loss = torch.zeros((), device=accelerator.device)
         for m, (batch, weights) in enumerate(micro_batches):
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
@@ -318,7 +340,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                     )
                 else:
                     loss, metrics = steps.token_loss(
-                        engine, fn, batch, weights=weights, step_tokens=step_tokens, world=world
+                        engine, fn, batch, weights=weights, step_tokens=step_tokens, world=world,
+                        step_policy_tokens=step_own_tokens,
                     )
                 accelerator.backward(loss)
             step_loss += loss.detach()
@@ -413,6 +436,47 @@ def _responses(item: Any) -> list[list[int]]:
     if hasattr(item, "chosen_ids"):
         return [item.chosen_ids, item.rejected_ids]
     return [item.response_ids]
+
+
+def _check_policy_samples(cfg: Config, spec: objectives.ObjectiveSpec, fn: Any) -> None:
+    """Before any model loads: ``data.policy_samples`` only with a token objective that takes them, its data
+    readable, and the objective's options valid (a dry call on one token: e.g. iqlearn's α ∉ [0, 1], or α > 0
+    without own samples, is a :class:`~imitalign.config.ConfigError` here, not a crash at the first step)."""
+    import inspect
+
+    from imitalign.config import ConfigError
+
+    own = cfg.data.policy_samples
+    takes_own = "policy_token_logps" in inspect.signature(spec.fn).parameters
+    if own is not None:
+        if spec.kind != "token" or not takes_own:
+            raise ConfigError(
+                f"data.policy_samples: objective {spec.name!r} does not use the policy's own samples "
+                "(they feed the TD term of iqlearn with alpha > 0)"
+            )
+        validate_data(cfg.data.model_copy(update={"train": own, "eval": None, "eval_fraction": 0.0}), "demonstration")
+    if spec.kind != "token":
+        return
+    one = torch.zeros(1, 1)
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    kw = {"policy_token_logps": one, "policy_token_mask": mask, "policy_token_values": one} if own else {}
+    try:
+        fn(one, mask, one if spec.needs_values else None, **kw)
+    except ValueError as e:
+        raise ConfigError(f"objective {spec.name!r}: {e}") from None
+
+
+def _policy_order(n: int, seed: int, step: int, global_batch: int) -> list[int]:
+    """The own samples of optimiser step ``step``: positions ``step·G … step·G + G − 1`` of an endless sequence of
+    seeded permutations of ``range(n)`` (a pure function of the step, so resume is exact)."""
+    perms: dict[int, list[int]] = {}
+    out = []
+    for q in range(step * global_batch, (step + 1) * global_batch):
+        cycle, k = divmod(q, n)
+        if cycle not in perms:
+            perms[cycle] = epoch_order(n, seed + 7_919, cycle)
+        out.append(perms[cycle][k])
+    return out
 
 
 class _nullcontext:

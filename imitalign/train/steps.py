@@ -55,6 +55,15 @@ def pair_loss(
     return (losses * weights).sum() * (world / step_examples), metrics
 
 
+POLICY_PREFIX = "policy/"  # keys of the policy's own samples in a token batch (online IQLearn)
+
+
+def policy_part(batch: dict[str, Tensor]) -> dict[str, Tensor] | None:
+    """The sub-batch of the policy's own samples (keys ``policy/...``), or None."""
+    part = {k[len(POLICY_PREFIX) :]: v for k, v in batch.items() if k.startswith(POLICY_PREFIX)}
+    return part or None
+
+
 def token_loss(
     engine: Any,
     fn: Callable,
@@ -63,10 +72,33 @@ def token_loss(
     weights: Tensor,
     step_tokens: int,
     world: int,
+    step_policy_tokens: int | None = None,
+    no_policy_samples: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
+    """Token objectives; with the policy's own samples in the batch (``policy/...`` keys, online IQLearn) they go
+    through the engine in a forward of their own and reach the objective as ``policy_token_*`` tensors,
+    normalised by ``step_policy_tokens`` (their response tokens in the whole optimiser step); their per-sequence
+    losses follow the demonstrations' in ``losses`` and weigh 1. ``no_policy_samples`` (evaluation on
+    demonstrations of a run that has own samples) passes empty own-sample tensors: the demonstrations' share."""
     flat, values = forward(engine, batch)
     lp = to_logprobs(flat, values, batch["response_mask"], batch_index(batch))
-    losses, metrics = fn(lp.token_logps, lp.token_mask, lp.token_values, num_tokens=step_tokens / world)
+    own = policy_part(batch)
+    extra: dict[str, Any] = {}
+    if own is not None:
+        p_flat, p_values = forward(engine, own)
+        plp = to_logprobs(p_flat, p_values, own["response_mask"], batch_index(own))
+        extra = {
+            "policy_token_logps": plp.token_logps,
+            "policy_token_mask": plp.token_mask,
+            "policy_token_values": plp.token_values,
+            "num_policy_tokens": (step_policy_tokens or 1) / world,
+        }
+    elif no_policy_samples:
+        none = lp.token_logps.new_zeros(0, 1)
+        extra = {"policy_token_logps": none, "policy_token_mask": none.bool(), "policy_token_values": none}
+    losses, metrics = fn(lp.token_logps, lp.token_mask, lp.token_values, num_tokens=step_tokens / world, **extra)
+    if own is not None:
+        weights = torch.cat([weights, weights.new_ones(losses.shape[0] - weights.shape[0])])
     return (losses * weights).sum(), metrics
 
 
