@@ -77,6 +77,13 @@ def config_fingerprint(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _cpu_processes() -> bool:
+    """Several processes launched on a machine without CUDA (``torchrun``, or ``accelerate launch --multi_gpu
+    --num_processes N``; ``accelerate launch --cpu`` starts one process unless mpirun is used): accelerate joins
+    them in a gloo process group only when told ``cpu=True`` — otherwise each process would train alone."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _mixed_precision(name: str) -> str:
     if name != "auto":
         return name
@@ -152,6 +159,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         mixed_precision=_mixed_precision(cfg.train.mixed_precision),
         log_with=trackers or None,
         project_dir=str(run_dir),
+        cpu=_cpu_processes(),
     )
     main = accelerator.is_main_process
     if resume:
