@@ -1,5 +1,160 @@
-"""CLI commands of the online loops (reward scoring, K-sample generation, iterative preference learning)."""
+"""CLI commands of the online loops (K-sample generation, reward scoring, pairing, iterative preference learning,
+multi-step rejection sampling).
+
+    imitalign generate MODEL PROMPTS.jsonl --k 4 --out samples.jsonl     (also under accelerate launch)
+    imitalign score SAMPLES.jsonl --kind gold --out scored.jsonl         (or --reward reward.yaml, --function m:f)
+    imitalign pairs SCORED.jsonl --mode max_min --out pairs.jsonl
+    imitalign iterate CONFIG.yaml [--set rounds=2]
+    imitalign rejection CONFIG.yaml                                      (iterate with a rejection section)
+"""
 
 from __future__ import annotations
 
-from imitalign.cli import app  # noqa: F401 - commands register on it
+from typing import Annotated
+
+import typer
+
+from imitalign.cli import SetOpt, _setup_logging, app, friendly
+
+
+@app.command()
+@friendly
+def generate(
+    model: Annotated[str, typer.Argument(help="model folder or hub id")],
+    prompts: Annotated[str, typer.Argument(help="prompt file (any row format with a prompt)")],
+    out: Annotated[str, typer.Option("--out", help="samples JSONL to write")],
+    k: Annotated[int, typer.Option("--k", help="samples per prompt")] = 4,
+    temperature: Annotated[float, typer.Option(help="sampling temperature (0: greedy)")] = 1.0,
+    top_p: Annotated[float, typer.Option(help="nucleus sampling")] = 1.0,
+    max_new_tokens: Annotated[int, typer.Option(help="tokens to generate at most")] = 64,
+    batch_size: Annotated[int, typer.Option(help="rows per generate call")] = 32,
+    seed: Annotated[int, typer.Option(help="row seeds are hashes of (seed, prompt, sample)")] = 0,
+    backend: Annotated[str, typer.Option(help="transformers | vllm | auto")] = "transformers",
+    chat_template: Annotated[str, typer.Option(help="auto | none | a template name or path")] = "auto",
+    max_length: Annotated[int, typer.Option(help="prompt + response tokens at most")] = 1024,
+    limit: Annotated[int | None, typer.Option(help="first N prompt rows only")] = None,
+) -> None:
+    """K samples per prompt (exactly K for every prompt, also sharded under accelerate launch)."""
+    from accelerate import PartialState
+
+    from imitalign.config import DataSource, ModelConfig
+    from imitalign.generate.kshot import generate_k, load_prompt_set
+    from imitalign.model.load import load_tokenizer
+
+    _setup_logging()
+    tok = load_tokenizer(ModelConfig(name_or_path=model))
+    prompt_set = load_prompt_set(
+        DataSource(path=prompts, limit=limit),
+        tok,
+        chat_template=chat_template,
+        max_length=max_length,
+        max_new_tokens=max_new_tokens,
+    )
+    stats = generate_k(
+        model,
+        prompt_set,
+        out,
+        k=k,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        backend=backend,
+        progress=True,
+    )
+    if PartialState().is_main_process:
+        typer.echo(
+            f"{stats.samples} samples of {stats.prompts} prompts ({stats.processes} processes, {stats.backend}) "
+            f"→ {out}; {stats.tokens} tokens in {stats.seconds:.1f}s ({stats.tokens_per_s:.0f} tokens/s)"
+        )
+
+
+@app.command()
+@friendly
+def score(
+    samples: Annotated[str, typer.Argument(help="samples JSONL ({prompt, response, ...} rows)")],
+    out: Annotated[str, typer.Option("--out", help="JSONL to write: the same rows with a score column")],
+    reward: Annotated[str | None, typer.Option("--reward", help="YAML file of a reward config")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="reward kind (gold, bradley_terry, ...)")] = None,
+    path: Annotated[str | None, typer.Option("--path", help="reward model folder")] = None,
+    function: Annotated[str | None, typer.Option("--function", help="package.module:function")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="check exactly K samples per prompt first")] = None,
+    column: Annotated[str, typer.Option(help="name of the added column")] = "score",
+    set_: SetOpt = None,
+) -> None:
+    """Add a score column to a samples file with any reward source; every other column is kept."""
+    import yaml
+
+    from imitalign.config import ConfigError, apply_overrides
+    from imitalign.loops.scoring import score_file
+    from imitalign.reward import load_reward
+
+    _setup_logging()
+    raw: dict = {}
+    if reward:
+        raw = yaml.safe_load(open(reward).read()) or {}
+        raw = raw.get("reward", raw)
+    for key, value in (("kind", kind), ("path", path), ("function", function)):
+        if value is not None:
+            raw[key] = value
+    if "kind" not in raw:
+        raw["kind"] = "function" if function else None
+    if raw["kind"] is None:
+        raise ConfigError("give a reward: --kind gold | bradley_terry | ..., --function m:f, or --reward file.yaml")
+    raw = apply_overrides(raw, set_ or [])
+    source = load_reward(raw)
+    score_file(samples, out, source, k=k, column=column)
+    typer.echo(f"scored {samples} with {source.name} → {out}")
+
+
+@app.command()
+@friendly
+def pairs(
+    scored: Annotated[str, typer.Argument(help="scored samples JSONL")],
+    out: Annotated[str, typer.Option("--out", help="preference pairs JSONL to write")],
+    mode: Annotated[str, typer.Option(help="max_min | max_random | random")] = "max_min",
+    length_penalty: Annotated[float, typer.Option(help="pair on score − α·tokens")] = 0.0,
+    tie_eps: Annotated[float, typer.Option(help="drop pairs whose scores differ by at most this")] = 1e-6,
+    seed: Annotated[int, typer.Option(help="seed of the random pairings")] = 0,
+) -> None:
+    """Preference pairs (one per prompt) from scored samples; ties and empty responses dropped and counted."""
+    from imitalign.loops.pairs import make_pairs
+    from imitalign.loops.scoring import read_rows, write_rows
+
+    made, stats = make_pairs(read_rows(scored), mode=mode, length_penalty=length_penalty, tie_eps=tie_eps, seed=seed)
+    write_rows(out, made)
+    typer.echo(f"{stats.summary()} → {out}")
+
+
+def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
+    from imitalign.config import ConfigError
+    from imitalign.loops.iterate import read_iterate_config, resolve_config, run_iterate
+
+    _setup_logging()
+    raw = read_iterate_config(config, set_ or [])
+    if need_rejection and not raw.get("rejection"):
+        raise ConfigError(f"{config}: `imitalign rejection` needs a rejection section (etas, acceptance, form)")
+    cfg = resolve_config(raw, config)
+    result = run_iterate(cfg, quiet=False)
+    typer.echo(f"report: {result.report}")
+
+
+@app.command()
+@friendly
+def iterate(
+    config: Annotated[str, typer.Argument(help="YAML config of the loop")],
+    set_: SetOpt = None,
+) -> None:
+    """Online iterative preference learning (sample K, score, pair, train; T rounds); resumes where it stopped."""
+    _iterate(config, set_, need_rejection=False)
+
+
+@app.command()
+@friendly
+def rejection(
+    config: Annotated[str, typer.Argument(help="YAML config with a rejection section")],
+    set_: SetOpt = None,
+) -> None:
+    """Multi-step rejection sampling toward π_0·exp(r/η) (statistical or best-of-n; SFT or RSO form)."""
+    _iterate(config, set_, need_rejection=True)

@@ -35,13 +35,27 @@ def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool =
 
     run_dir = Path(cfg.run.output_dir)
     summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
-    if summary.exists() and saved.exists() and yaml.safe_load(saved.read_text()) == cfg.model_dump(mode="json"):
+    if summary.exists() and saved.exists() and _same_config(saved, cfg):
         say(f"reusing {run_dir}")
         return json.loads(summary.read_text())
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished or different run: start it again
     result = train(cfg, quiet=quiet)
     return json.loads((result.run_dir / "summary.json").read_text())
+
+
+def _same_config(saved: Path, cfg: Config) -> bool:
+    """Whether the run config saved in ``saved`` is ``cfg``. The saved YAML is validated with the current schema
+    first, so a field added later with a default does not invalidate finished runs."""
+    from imitalign.config import ConfigError, load_config
+
+    raw = yaml.safe_load(saved.read_text())
+    if raw == cfg.model_dump(mode="json"):
+        return True
+    try:
+        return load_config(None, raw=raw).model_dump(mode="json") == cfg.model_dump(mode="json")
+    except ConfigError:  # a field that no longer exists: a different configuration
+        return False
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

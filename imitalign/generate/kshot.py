@@ -1,0 +1,336 @@
+"""K samples per prompt from a model folder, sharded exactly across ``accelerate launch`` processes.
+
+    imitalign generate MODEL PROMPTS.jsonl --k 4 --out samples.jsonl [--temperature 1.0 --max-new-tokens 64]
+    accelerate launch --num_processes 8 -m imitalign.cli generate ...      (same file, same rows)
+
+Prompts go through the data layer as for training (``Renderer`` with ``chat_template`` / ``system_prompt``,
+``tokenize_prompt`` with ``max_length`` / ``max_prompt_length``), so a policy samples from exactly the prompt
+ids it is trained on. Prompt ``i`` of the file (after parsing) is sampled by process ``i mod W`` (strided
+shards: sizes differ by at most one, every prompt in exactly one shard — no dropped tail, no duplicate), with
+row seeds ``(seed, i, j)`` (:func:`imitalign.generate.sampler.row_seed`), so the rows do not depend on ``W``.
+Each process writes its shard atomically; after a barrier the main process merges them, checks that every
+prompt has exactly ``K`` samples with ``sample_idx`` ``0..K-1``, and writes the samples file atomically
+(sorted by ``prompt_index, sample_idx``), then removes the shards. Nothing half-written ever carries the final
+name.
+
+Sample rows (contracts.md): ``{"prompt", "response", "sample_idx", "n_tokens", "logp", "finished",
+"prompt_index"}`` plus the prompt row's other columns (kept) and ``"policy"`` when a name is given.
+
+Backends: ``transformers`` (the sampler: batched, KV cache, prompts grouped by length) and ``vllm``
+(:mod:`imitalign.generate.vllm_backend`, same schema, used when installed); ``auto`` picks vLLM when it is
+installed and a GPU is present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imitalign.config import DataSource
+from imitalign.data.dataset import read_records
+from imitalign.data.records import DataError
+from imitalign.data.templates import Renderer
+from imitalign.data.tokenize import tokenize_records
+from imitalign.generate.sampler import Sample, sample
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("transformers", "vllm", "auto")
+
+
+@dataclass
+class PromptSet:
+    """Parsed and tokenised prompts: the row's ``prompt`` value (string or messages), its ids, its other
+    columns, and where it came from. ``dropped`` counts prompts too long to leave room to generate."""
+
+    prompts: list[Any]
+    prompt_ids: list[list[int]]
+    extras: list[dict[str, Any]]
+    sources: list[str]
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+@dataclass
+class GenerationStats:
+    """What a generation call did (for tables): prompts, samples, generated tokens, wall seconds."""
+
+    prompts: int = 0
+    samples: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    processes: int = 1
+    backend: str = "transformers"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "samples": self.samples,
+            "tokens": self.tokens,
+            "seconds": self.seconds,
+            "tokens_per_s": self.tokens_per_s,
+            "processes": self.processes,
+            "backend": self.backend,
+            **self.extra,
+        }
+
+
+def _row_prompt(rec: Any) -> Any:
+    """The prompt as a file would hold it: a string for a single user turn, else the message list."""
+    if len(rec.prompt) == 1 and rec.prompt[0]["role"] == "user":
+        return rec.prompt[0]["content"]
+    return rec.prompt
+
+
+def load_prompt_set(
+    source: DataSource | str,
+    tokenizer: Any,
+    *,
+    chat_template: str = "auto",
+    system_prompt: str | None = None,
+    max_length: int = 1024,
+    max_prompt_length: int | None = None,
+    max_new_tokens: int = 0,
+) -> PromptSet:
+    """Read any row format as prompts (``{"prompt"}`` rows, preference or demonstration rows, message lists)
+    and tokenise them with the generation prompt. A prompt is dropped (counted) when it leaves no room for
+    ``max_new_tokens`` within ``max_length``. Raises :class:`DataError` when the file has no usable prompt."""
+    if isinstance(source, str):
+        source = DataSource(path=source)
+    records, stats = read_records(source, kind="prompt")
+    if not records:
+        raise DataError(f"{source.path}: no prompts (all {stats.rows_read} rows were skipped: {dict(stats.skipped)})")
+    renderer = Renderer(tokenizer, chat_template, system_prompt)
+    cap = max_length - max(0, max_new_tokens)
+    if cap < 1:
+        raise DataError(f"max_length {max_length} leaves no room for the prompt with max_new_tokens {max_new_tokens}")
+    if max_prompt_length is not None:
+        cap = min(cap, max_prompt_length)
+    out = PromptSet([], [], [], [])
+    for rec, (example, _note) in zip(
+        records, tokenize_records(records, "prompt", tokenizer, renderer, max_length, max_prompt_length), strict=True
+    ):
+        if example is None or len(example.prompt_ids) > cap:
+            out.dropped += 1
+            continue
+        out.prompts.append(_row_prompt(rec))
+        out.prompt_ids.append(list(example.prompt_ids))
+        out.extras.append({k: v for k, v in rec.extra.items() if k not in RESERVED})
+        out.sources.append(rec.source)
+    if not out.prompts:
+        raise DataError(f"{source.path}: every prompt is longer than max_length {max_length} - max_new_tokens")
+    if out.dropped:
+        log.warning("%s: %d prompts dropped (too long to generate within max_length)", source.path, out.dropped)
+    return out
+
+
+RESERVED = ("prompt", "response", "sample_idx", "n_tokens", "logp", "finished", "prompt_index", "score", "policy")
+
+
+def shard(n: int, world: int, rank: int) -> list[int]:
+    """Indices of ``range(n)`` that process ``rank`` of ``world`` owns: ``rank, rank + world, ...``. The shards
+    partition ``range(n)`` exactly (sizes differ by at most one)."""
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"need 0 <= rank < world, got rank {rank}, world {world}")
+    return list(range(rank, n, world))
+
+
+def rows_of(prompts: PromptSet, samples: Sequence[Sample], policy: str | None = None) -> list[dict[str, Any]]:
+    """Sample rows (module docstring), in the order of ``samples``."""
+    rows = []
+    for s in samples:
+        row = dict(prompts.extras[s.prompt_index])
+        row.update(
+            {
+                "prompt": prompts.prompts[s.prompt_index],
+                "response": s.text,
+                "sample_idx": s.sample_idx,
+                "n_tokens": s.n_tokens,
+                "logp": s.logp,
+                "finished": s.finished,
+                "prompt_index": s.prompt_index,
+            }
+        )
+        if policy is not None:
+            row["policy"] = policy
+        rows.append(row)
+    return rows
+
+
+def _write_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def check_k(rows: Sequence[dict[str, Any]], n_prompts: int, k: int, where: str = "samples") -> None:
+    """Every prompt index ``0..n_prompts-1`` has exactly ``k`` rows with ``sample_idx`` ``0..k-1``; raises
+    :class:`ValueError` naming the first prompt that does not (missing, extra or duplicated samples)."""
+    seen: dict[int, list[int]] = {}
+    for row in rows:
+        seen.setdefault(int(row["prompt_index"]), []).append(int(row["sample_idx"]))
+    if set(seen) - set(range(n_prompts)):
+        bad = sorted(set(seen) - set(range(n_prompts)))[:3]
+        raise ValueError(f"{where}: prompt indices {bad} are outside 0..{n_prompts - 1}")
+    for i in range(n_prompts):
+        got = sorted(seen.get(i, []))
+        if got != list(range(k)):
+            raise ValueError(
+                f"{where}: prompt {i} has samples {got[:8]}{'…' if len(got) > 8 else ''}, expected exactly "
+                f"sample_idx 0..{k - 1} (K = {k})"
+            )
+
+
+def resolve_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown generation backend {name!r}; known: {', '.join(BACKENDS)}")
+    if name == "auto":
+        import importlib.util
+
+        import torch
+
+        return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+    if name == "vllm":
+        from imitalign.generate.vllm_backend import require_vllm
+
+        require_vllm()
+    return name
+
+
+def sample_shard(
+    model: Any,
+    tokenizer: Any,
+    prompts: PromptSet,
+    indices: Sequence[int],
+    *,
+    k: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> list[Sample]:
+    """``k`` samples of each prompt in ``indices`` with the transformers sampler (global prompt indices)."""
+    if not indices:
+        return []
+    return sample(
+        model,
+        tokenizer,
+        [prompts.prompt_ids[i] for i in indices],
+        n=k,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+        prompt_indices=list(indices),
+    )
+
+
+def generate_k(
+    model_path: str | Path,
+    prompts: PromptSet,
+    out: str | Path,
+    *,
+    k: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 32,
+    backend: str = "transformers",
+    policy: str | None = None,
+    progress: bool = False,
+    dtype: str = "auto",
+) -> GenerationStats:
+    """Write ``k`` samples of every prompt of ``prompts`` from the model at ``model_path`` to ``out`` (module
+    docstring), sharded over the processes of the current ``accelerate`` state (one process when not
+    launched). Returns the :class:`GenerationStats` (tokens and seconds filled in on the main process)."""
+    from accelerate import PartialState
+
+    if k < 1:
+        raise ValueError(f"K must be at least 1, got {k}")
+    backend = resolve_backend(backend)
+    state = PartialState()
+    world, rank = state.num_processes, state.process_index
+    out = Path(out)
+    mine = shard(len(prompts), world, rank)
+    t0 = time.perf_counter()
+    if backend == "vllm":
+        from imitalign.generate.vllm_backend import sample_vllm
+
+        samples = sample_vllm(
+            str(model_path),
+            [prompts.prompt_ids[i] for i in mine],
+            list(mine),
+            n=k,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            dtype=dtype,
+        )
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from imitalign.model.load import resolve_dtype
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=resolve_dtype(dtype))
+        model = model.to(state.device).eval()
+        samples = sample_shard(
+            model,
+            tokenizer,
+            prompts,
+            mine,
+            k=k,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress and state.is_main_process,
+        )
+    seconds = time.perf_counter() - t0
+    shard_path = out.with_name(f"{out.name}.shard{rank}-of-{world}")
+    _write_atomic(shard_path, rows_of(prompts, samples, policy))
+    shard_stats = out.with_name(f"{out.name}.shard{rank}-of-{world}.json")
+    shard_stats.write_text(json.dumps({"tokens": sum(s.n_tokens for s in samples), "seconds": seconds}))
+    state.wait_for_everyone()
+    stats = GenerationStats(prompts=len(prompts), samples=len(prompts) * k, processes=world, backend=backend)
+    if state.is_main_process:
+        rows: list[dict[str, Any]] = []
+        for r in range(world):
+            part = out.with_name(f"{out.name}.shard{r}-of-{world}")
+            with part.open(encoding="utf-8") as f:
+                rows += [json.loads(line) for line in f if line.strip()]
+        rows.sort(key=lambda row: (row["prompt_index"], row["sample_idx"]))
+        check_k(rows, len(prompts), k, where=str(out))
+        _write_atomic(out, rows)
+        for r in range(world):
+            part = out.with_name(f"{out.name}.shard{r}-of-{world}")
+            meta = json.loads(Path(f"{part}.json").read_text())
+            stats.tokens += meta["tokens"]
+            stats.seconds = max(stats.seconds, meta["seconds"])
+            part.unlink()
+            Path(f"{part}.json").unlink()
+    state.wait_for_everyone()
+    return stats

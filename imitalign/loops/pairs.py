@@ -1,0 +1,155 @@
+"""Preference pairs from scored samples (METHODS.md §2), in the core's preference format.
+
+Samples are grouped by prompt (``prompt_index``, else the prompt itself). Within a prompt, empty responses
+(blank text) are dropped first and counted; each remaining sample ``y_j`` gets the pairing score
+
+    s_j = r(x, y_j) − α · |y_j|            (α = ``length_penalty``, |y| = ``n_tokens``, else word count)
+
+and one pair per prompt is formed:
+
+- ``max_min`` (default, the papers'): chosen = argmax s, rejected = argmin s;
+- ``max_random``: chosen = argmax s, rejected = a uniformly drawn other sample;
+- ``random``: two distinct samples drawn uniformly, the higher-scoring one chosen.
+
+A pair whose scores differ by at most ε (``tie_eps``) is a tie and is dropped; under ``max_min`` that is a
+prompt whose samples all score alike (``all_tied``). A prompt left with fewer than two samples gives no pair
+(``too_few``). Argmax/argmin ties resolve to the lowest ``sample_idx``; draws use
+``random.Random("<seed>:<prompt key>")``, so pairs do not depend on the order of the rows.
+
+Output rows: ``{"prompt", "chosen", "rejected", "chosen_score", "rejected_score", "prompt_index",
+"chosen_sample_idx", "rejected_sample_idx"}`` plus, when the samples have them, ``"chosen_<c>"`` /
+``"rejected_<c>"`` for the columns in ``carry`` (e.g. the gym's ``gold``).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+PairMode = Literal["max_min", "max_random", "random"]
+MODES: tuple[str, ...] = ("max_min", "max_random", "random")
+
+
+@dataclass
+class PairStats:
+    """Counts of a pairing: prompts seen, pairs kept, prompts dropped by reason, empty responses dropped."""
+
+    prompts: int = 0
+    samples: int = 0
+    pairs: int = 0
+    empty_responses: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)  # tie, all_tied, too_few
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompts": self.prompts,
+            "samples": self.samples,
+            "pairs": self.pairs,
+            "empty_responses": self.empty_responses,
+            "dropped": dict(self.dropped),
+        }
+
+    def summary(self) -> str:
+        drops = ", ".join(f"{n} {k}" for k, n in sorted(self.dropped.items())) or "none"
+        return (
+            f"{self.pairs} pairs from {self.prompts} prompts ({self.samples} samples); prompts dropped: {drops}; "
+            f"empty responses dropped: {self.empty_responses}"
+        )
+
+
+def _key(row: dict[str, Any]) -> Any:
+    if "prompt_index" in row:
+        return int(row["prompt_index"])
+    prompt = row["prompt"]
+    return prompt if isinstance(prompt, str) else repr(prompt)
+
+
+def _length(row: dict[str, Any]) -> float:
+    if "n_tokens" in row:
+        return float(row["n_tokens"])
+    return float(len(str(row["response"]).split()))
+
+
+def group_by_prompt(rows: Sequence[dict[str, Any]]) -> dict[Any, list[dict[str, Any]]]:
+    """Rows grouped by prompt (first-seen order), each group sorted by ``sample_idx`` when present."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(_key(row), []).append(row)
+    for g in groups.values():
+        g.sort(key=lambda r: r.get("sample_idx", 0))
+    return groups
+
+
+def make_pairs(
+    rows: Sequence[dict[str, Any]],
+    *,
+    mode: str = "max_min",
+    length_penalty: float = 0.0,
+    tie_eps: float = 0.0,
+    seed: int = 0,
+    carry: Sequence[str] = ("gold",),
+) -> tuple[list[dict[str, Any]], PairStats]:
+    """One pair per prompt from scored sample rows (``{"prompt", "response", "score", ...}``; module
+    docstring). Returns ``(pairs, stats)``. Raises ``ValueError`` for an unknown mode or a row without a
+    ``score``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown pairing mode {mode!r}; known: {', '.join(MODES)}")
+    if tie_eps < 0:
+        raise ValueError(f"tie_eps must be >= 0, got {tie_eps}")
+    stats = PairStats()
+    pairs: list[dict[str, Any]] = []
+    for key, group in group_by_prompt(rows).items():
+        stats.prompts += 1
+        stats.samples += len(group)
+        kept = []
+        for row in group:
+            if "score" not in row:
+                raise ValueError(f"sample of prompt {key!r} has no 'score' column: score the samples first")
+            if not str(row["response"]).strip():
+                stats.empty_responses += 1
+                continue
+            kept.append(row)
+        if len(kept) < 2:
+            stats.dropped["too_few"] += 1
+            continue
+        s = [float(r["score"]) - length_penalty * _length(r) for r in kept]
+        rng = random.Random(f"{seed}:{key}")
+        best = max(range(len(kept)), key=lambda i: (s[i], -i))
+        if mode == "max_min":
+            other = min(range(len(kept)), key=lambda i: (s[i], i))
+            if s[best] - s[other] <= tie_eps:
+                stats.dropped["all_tied"] += 1
+                continue
+            w, l = best, other
+        elif mode == "max_random":
+            other = rng.choice([i for i in range(len(kept)) if i != best])
+            if s[best] - s[other] <= tie_eps:
+                stats.dropped["tie"] += 1
+                continue
+            w, l = best, other
+        else:
+            i, j = rng.sample(range(len(kept)), 2)
+            if abs(s[i] - s[j]) <= tie_eps:
+                stats.dropped["tie"] += 1
+                continue
+            w, l = (i, j) if s[i] > s[j] else (j, i)
+        cw, cl = kept[w], kept[l]
+        pair = {
+            "prompt": cw["prompt"],
+            "chosen": cw["response"],
+            "rejected": cl["response"],
+            "chosen_score": float(cw["score"]),
+            "rejected_score": float(cl["score"]),
+            "prompt_index": cw.get("prompt_index", key),
+            "chosen_sample_idx": cw.get("sample_idx"),
+            "rejected_sample_idx": cl.get("sample_idx"),
+        }
+        for c in carry:
+            if c in cw and c in cl:
+                pair[f"chosen_{c}"], pair[f"rejected_{c}"] = cw[c], cl[c]
+        pairs.append(pair)
+    stats.pairs = len(pairs)
+    return pairs, stats
