@@ -1,0 +1,90 @@
+"""Same result on more processes: 2 CPU processes (gloo) with batch 4 each train like 1 process with batch 8 —
+the same loss curve and the same final weights, within float tolerance.
+
+Launcher: ``accelerate launch --multi_gpu --num_processes 2`` on this CPU-only machine (torchrun underneath;
+the loop then asks accelerate for ``cpu=True`` and gets a gloo process group). ``accelerate launch --cpu
+--num_processes 2`` is not used: without mpirun, accelerate's simple launcher starts a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imitalign.gym.tokenizer import save_tokenizer
+from tests.helpers import REPO, TINY_LLAMA
+from tests.test_train import write_pairs
+
+SCRIPT = Path(__file__).with_name("dist_train_script.py")
+
+
+def _config(tmp_path: Path, name: str, batch_size: int, packing: bool) -> Path:
+    raw = {
+        "run": {"output_dir": str(tmp_path / name), "seed": 3},
+        "model": {"config": dict(TINY_LLAMA), "tokenizer": str(tmp_path / "tok")},
+        "reference": {"cache_dir": None},
+        "data": {
+            "train": {"path": str(tmp_path / "pairs.jsonl")},
+            "eval_fraction": 0.2,
+            "chat_template": "none",
+            "max_length": 64,
+        },
+        "objective": {"name": "dpo", "options": {"beta": 0.5}},
+        "train": {
+            "batch_size": batch_size,
+            "lr": 3e-3,
+            "max_steps": 5,
+            "log_every": 1,
+            "schedule": "constant",
+            "warmup_ratio": 0.0,
+            "num_threads": 1,
+            "packing": packing,
+        },
+    }
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def _run(cmd: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train/loss"] for r in rows if "train/loss" in r]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("packing", [True, False])
+def test_two_processes_train_like_one(tmp_path, packing):
+    write_pairs(tmp_path / "pairs.jsonl", 64, 0)
+    save_tokenizer(tmp_path / "tok")
+    one = _config(tmp_path, "one", 8, packing)
+    two = _config(tmp_path, "two", 4, packing)
+    _run([sys.executable, str(SCRIPT), str(one)])
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    _run(accelerate + [str(SCRIPT), str(two)])
+
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
+    assert len(a) == len(b) == 5, (a, b)  # one line per step: only the main process writes
+    assert torch.allclose(torch.tensor(a), torch.tensor(b), rtol=1e-4, atol=1e-6), (a, b)
+    assert a[-1] < a[0]  # it learnt something, so the comparison is not trivial
+    wa = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    wb = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-5), k
+    ea = json.loads((tmp_path / "one" / "summary.json").read_text())["eval"]
+    eb = json.loads((tmp_path / "two" / "summary.json").read_text())["eval"]
+    assert abs(ea["loss"] - eb["loss"]) < 1e-4 * max(1.0, abs(ea["loss"]))
