@@ -18,15 +18,6 @@ from imitalign.loops.afd import labelled, load_afd_config, read_demos, run_afd
 from imitalign.reward import RewardError, load_reward
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not thrash when the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_discriminator_bce_equals_its_formula() -> None:
     z = torch.tensor([2.0, -1.0, 0.5, -3.0], dtype=torch.float64)
     y = torch.tensor([1, 0, 0, 1])

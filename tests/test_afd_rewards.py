@@ -12,16 +12,6 @@ import torch
 from imitalign.gym.tokenizer import build_tokenizer, tiny_llama_config
 from imitalign.reward import RewardError, load_reward
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not thrash when the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 ROWS = [
     {"prompt": "write about sea and forest , short =>", "response": "wave boat tree moss the ."},
     {"prompt": "describe city and space , long =>", "response": "star"},

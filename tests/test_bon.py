@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from imitalign.config import ConfigError
 from imitalign.loops.bon import (
@@ -22,16 +21,6 @@ from imitalign.loops.bon import (
     sweep,
     worst_index,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not thrash when the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 PROMPTS = [
     "write about sea and forest , short =>",

@@ -125,7 +125,9 @@ def _loop_cfg(tmp_path, name: str, options: dict, policy_samples: bool, **train_
         rng = random.Random(1)
         with (tmp_path / "own.jsonl").open("w") as f:  # "own samples": noisier responses to the same prompts
             for _ in range(20):
-                words = " ".join(rng.choice(["wave", "boat", "street", "tree", "the"]) for _ in range(rng.randint(1, 6)))
+                words = " ".join(
+                    rng.choice(["wave", "boat", "street", "tree", "the"]) for _ in range(rng.randint(1, 6))
+                )
                 f.write(json.dumps({"prompt": "write about forest , short =>", "response": words}) + "\n")
         save_tokenizer(tmp_path / "tok")
     data = {"train": {"path": str(demos)}, "eval_fraction": 0.25, "chat_template": "none", "max_length": 64}
@@ -136,8 +138,15 @@ def _loop_cfg(tmp_path, name: str, options: dict, policy_samples: bool, **train_
         "model": {"config": dict(TINY_LLAMA), "tokenizer": str(tmp_path / "tok")},
         "data": data,
         "objective": {"name": "iqlearn", "options": options},
-        "train": {"batch_size": 6, "lr": 3e-3, "max_steps": 5, "warmup_ratio": 0.0, "log_every": 1,
-                  "schedule": "constant", **train_kw},
+        "train": {
+            "batch_size": 6,
+            "lr": 3e-3,
+            "max_steps": 5,
+            "warmup_ratio": 0.0,
+            "log_every": 1,
+            "schedule": "constant",
+            **train_kw,
+        },
     }
     return load_config(None, raw=raw)
 

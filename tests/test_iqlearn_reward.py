@@ -13,16 +13,6 @@ from torch import nn
 from imitalign.model.logprobs import LogProbModel, batch_logprobs
 from imitalign.reward.iq_reward import logits_reward, ranks, recovered_reward, spearman, within_group_spearman
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not thrash when the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 V = 5
 
 

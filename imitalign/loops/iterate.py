@@ -61,7 +61,7 @@ from imitalign.config import (
     format_validation_error,
     load_config,
 )
-from imitalign.loops.pairs import MODES, make_pairs
+from imitalign.loops.pairs import MODES, SELF_PLAY, demo_lookup, make_pairs, self_play_pairs
 from imitalign.loops.rejection import ACCEPTANCE, accept, incremental_etas
 from imitalign.loops.scoring import check_samples, read_rows, write_rows
 from imitalign.loops.stages import model_fingerprint, read_json, train_or_reuse, write_json
@@ -87,7 +87,7 @@ class EnhancerConfig(_Strict):
 
 
 class GenerateConfig(_Strict):
-    k: int = Field(4, ge=2)  # samples per prompt
+    k: int = Field(4, ge=1)  # samples per prompt (≥ 2 to pair samples; self-play pairs each with a demonstration)
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(64, ge=1)
@@ -108,11 +108,15 @@ class PairsConfig(_Strict):
     mode: str = "max_min"
     length_penalty: float = 0.0  # score − α·tokens
     tie_eps: float = Field(1e-6, ge=0.0)
+    # self_play (SPIN/GSIL): chosen = the prompt's demonstration from this file, rejected = the policy's sample
+    demos: DataSource | None = None
 
     @model_validator(mode="after")
     def _mode(self) -> PairsConfig:
-        if self.mode not in MODES:
-            raise ValueError(f"pairs.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.mode not in (*MODES, SELF_PLAY):
+            raise ValueError(f"pairs.mode must be one of {', '.join((*MODES, SELF_PLAY))}, got {self.mode!r}")
+        if (self.mode == SELF_PLAY) != (self.demos is not None):
+            raise ValueError("pairs.demos (a demonstration file) goes with pairs.mode self_play, and only with it")
         return self
 
 
@@ -185,6 +189,9 @@ class IterateConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> IterateConfig:
+        if self.generate.k < 2 and self.pairs.mode != SELF_PLAY:
+            raise ValueError(f"generate.k must be >= 2 to pair samples (got {self.generate.k}); only self_play "
+                             "pairing works from one sample per prompt")
         if self.rejection is not None and len(self.rejection.etas) != self.rounds:
             raise ValueError(
                 f"rejection.etas has {len(self.rejection.etas)} entries for {self.rounds} rounds: give one η per round"
@@ -393,7 +400,9 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
             pf.eval_reward = reward
         if cfg.eval.pairs:
             pf.eval_pairs = read_rows(cfg.eval.pairs)
-    if cfg.reference == "previous":
+    if cfg.pairs.mode == SELF_PLAY:
+        _demos(cfg)  # readable, not empty
+    if cfg.reference == "previous" and cfg.pairs.mode != SELF_PLAY:  # (SPIN's own choice: no warning)
         say("WARNING: reference = previous iterate (π_{t-1}), not π_0 — the authors found this less stable")
     say(
         f"{len(prompt_set)} prompts; K = {cfg.generate.k}; reward {reward.name}; {cfg.rounds} rounds of "
@@ -560,6 +569,8 @@ def _select_stage(cfg: IterateConfig, rd: Path, t: int, rows: list[dict[str, Any
             return out, info
         rows = accepted
         pairs, pst = make_pairs(rows, mode="max_min", tie_eps=cfg.pairs.tie_eps, seed=seed)
+    elif cfg.pairs.mode == SELF_PLAY:  # SPIN / GSIL: demonstration vs own sample
+        pairs, pst = self_play_pairs(rows, _demos(cfg), seed=seed)
     else:
         p = cfg.pairs
         pairs, pst = make_pairs(rows, mode=p.mode, length_penalty=p.length_penalty, tie_eps=p.tie_eps, seed=seed)
@@ -570,6 +581,22 @@ def _select_stage(cfg: IterateConfig, rd: Path, t: int, rows: list[dict[str, Any
         raise LoopError(f"round {t}: no pairs ({pst.summary()}); raise K or check the reward")
     info["train_examples"] = len(pairs)
     return write_rows(rd / "train_data.jsonl", pairs), info
+
+
+def _demos(cfg: IterateConfig) -> dict[str, list[str]]:
+    """The demonstrations of ``pairs.demos`` by prompt (self-play pairing), read through the data layer (rows with
+    an empty response are skipped and counted there)."""
+    from imitalign.data.dataset import read_records
+    from imitalign.data.records import DemonstrationRecord
+
+    assert cfg.pairs.demos is not None
+    records, _ = read_records(cfg.pairs.demos, kind="demonstration")
+    rows = [
+        {"prompt": r.prompt, "response": r.response} for r in records if isinstance(r, DemonstrationRecord)
+    ]
+    if not rows:
+        raise LoopError(f"pairs.demos {cfg.pairs.demos.path}: no demonstrations (prompt, response)")
+    return demo_lookup(rows)
 
 
 def run_iterate(

@@ -153,3 +153,72 @@ def make_pairs(
         pairs.append(pair)
     stats.pairs = len(pairs)
     return pairs, stats
+
+
+# ------------------------------------------------------------------------------------------ self-play
+SELF_PLAY = "self_play"
+
+
+def prompt_key(prompt: Any) -> str:
+    """A hashable key of a prompt (a string, or a message list compared by content)."""
+    single = isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], dict)
+    if single and prompt[0].get("role") == "user":
+        prompt = prompt[0].get("content", "")
+    return prompt if isinstance(prompt, str) else repr(prompt)
+
+
+def demo_lookup(demos: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
+    """Demonstrations ``{"prompt", "response"}`` by prompt (:func:`prompt_key`); a prompt may have several."""
+    out: dict[str, list[str]] = {}
+    for row in demos:
+        out.setdefault(prompt_key(row["prompt"]), []).append(row["response"])
+    return out
+
+
+def self_play_pairs(
+    rows: Sequence[dict[str, Any]], demos: dict[str, list[str]], *, seed: int = 0, carry: Sequence[str] = ("gold",)
+) -> tuple[list[dict[str, Any]], PairStats]:
+    """Self-play pairs on demonstrations (SPIN, Chen et al. 2024; GSIL, Xiao et al. 2024): for every sample
+    ``y' ~ π_t`` of a prompt ``x`` with a demonstration ``y`` (METHODS.md §3),
+
+        chosen = y (the demonstration),   rejected = y' (the policy's own sample)
+
+    — no reward is involved. A prompt with several demonstrations uses one drawn with
+    ``random.Random("<seed>:<prompt>")``. Dropped and counted: empty own samples (``empty_responses``), samples
+    equal to the demonstration (``tie``: nothing left to learn from them), prompts without a demonstration
+    (``no_demo``). Rows: ``{"prompt", "chosen", "rejected", "prompt_index", "rejected_sample_idx"}`` plus
+    ``"rejected_score"`` and ``"rejected_<c>"`` for the columns of ``carry`` the samples have."""
+    stats = PairStats()
+    pairs: list[dict[str, Any]] = []
+    for key, group in group_by_prompt(rows).items():
+        stats.prompts += 1
+        stats.samples += len(group)
+        pk = prompt_key(group[0]["prompt"])
+        options = demos.get(pk)
+        if not options:
+            stats.dropped["no_demo"] += 1
+            continue
+        demo = options[0] if len(options) == 1 else random.Random(f"{seed}:{pk}").choice(options)
+        for row in group:
+            own = str(row["response"])
+            if not own.strip():
+                stats.empty_responses += 1
+                continue
+            if own.strip() == demo.strip():
+                stats.dropped["tie"] += 1
+                continue
+            pair = {
+                "prompt": row["prompt"],
+                "chosen": demo,
+                "rejected": own,
+                "prompt_index": row.get("prompt_index", key),
+                "rejected_sample_idx": row.get("sample_idx"),
+            }
+            if "score" in row:
+                pair["rejected_score"] = float(row["score"])
+            for c in carry:
+                if c in row:
+                    pair[f"rejected_{c}"] = row[c]
+            pairs.append(pair)
+    stats.pairs = len(pairs)
+    return pairs, stats
