@@ -52,6 +52,10 @@ def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not sys.stderr.isatty():  # no redraw-per-update bars in log files
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 @app.command()
@@ -129,5 +133,8 @@ def main() -> None:
     app()
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m imitalign.cli (e.g. under accelerate launch)
+    # the command groups registered on the *imported* imitalign.cli.app, not on this __main__ copy
+    from imitalign.cli import main as _main
+
+    _main()

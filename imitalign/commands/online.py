@@ -63,7 +63,9 @@ def generate(
         backend=backend,
         progress=True,
     )
-    if PartialState().is_main_process:
+    import torch
+
+    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
         typer.echo(
             f"{stats.samples} samples of {stats.prompts} prompts ({stats.processes} processes, {stats.backend}) "
             f"→ {out}; {stats.tokens} tokens in {stats.seconds:.1f}s ({stats.tokens_per_s:.0f} tokens/s)"

@@ -269,7 +269,10 @@ def generate_k(
     if k < 1:
         raise ValueError(f"K must be at least 1, got {k}")
     backend = resolve_backend(backend)
-    state = PartialState()
+    import torch
+
+    # on a CPU-only machine, torchrun's processes get a gloo group only when accelerate is told cpu=True
+    state = PartialState(cpu=not torch.cuda.is_available())
     world, rank = state.num_processes, state.process_index
     out = Path(out)
     mine = shard(len(prompts), world, rank)
