@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,7 +294,11 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     # ---------------------------------------------------------------- train
     engine.train()
     bar = tqdm(
-        total=total_steps, initial=step, disable=not main or quiet, desc=f"train {spec.name}", dynamic_ncols=True
+        total=total_steps,
+        initial=step,
+        disable=not main or quiet or not _isatty(),
+        desc=f"train {spec.name}",
+        dynamic_ncols=True,
     )
     speed = Throughput()
     window = _MetricMean()
@@ -396,6 +401,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                 record["grad_norm"] = float(grad_norm)
             metrics_log.write(record, step)
             bar.set_postfix(loss=f"{last_train.get('loss', float('nan')):.4f}", tok_s=f"{tps:.0f}")
+            if main and not quiet and not _isatty():  # logs and pipes get one plain line per logging step
+                print(f"  step {step}/{total_steps}  loss {last_train.get('loss', float('nan')):.4f}  "
+                      f"{tps:.0f} tok/s", flush=True)
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total_steps:
             last_eval = run_eval()
             metrics_log.write({f"eval/{k}": v for k, v in last_eval.items()}, step)
@@ -485,6 +493,10 @@ def _policy_order(n: int, seed: int, step: int, global_batch: int) -> list[int]:
             perms[cycle] = epoch_order(n, seed + 7_919, cycle)
         out.append(perms[cycle][k])
     return out
+
+
+def _isatty() -> bool:
+    return sys.stderr.isatty()
 
 
 class _nullcontext:
