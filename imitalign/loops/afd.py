@@ -60,6 +60,7 @@ class TrainSpec(BaseModel):
     batch_size: int = Field(16, ge=1)
     max_steps: int | None = Field(None, ge=1)
     eval_every: int | None = Field(None, ge=1)
+    num_threads: int | None = Field(None, ge=1)
 
 
 class AfdConfig(BaseModel):
@@ -124,6 +125,8 @@ def run_config(
         train_kw["max_steps"] = spec.max_steps
     if spec.eval_every is not None:
         train_kw["eval_every"] = spec.eval_every
+    if spec.num_threads is not None:
+        train_kw["num_threads"] = spec.num_threads
     data = {"chat_template": chat_template, "max_length": max_length, "system_prompt": system_prompt, **data}
     return _train_cfg(out, model, data, objective, options or {}, train_kw, seed)
 

@@ -212,29 +212,25 @@ def sweep(
 # ------------------------------------------------------------------------------------------ sampling
 def load_prompts(cfg: BonConfig, tokenizer: Any) -> tuple[list[Any], list[list[int]]]:
     """The prompts of ``cfg.prompts`` (as written in sample rows: a string for a single user turn, else the
-    message list) and their token ids rendered by the data layer (chat template, generation prompt). Rows
-    without a usable prompt are skipped and counted by the data layer; a prompt that leaves no room to generate
-    within ``max_length`` is an error."""
-    from imitalign.data.dataset import read_records
-    from imitalign.data.templates import Renderer
-    from imitalign.data.tokenize import tokenize_records
+    message list) and their token ids, rendered by the data layer as for training
+    (:func:`imitalign.generate.kshot.load_prompt_set`). A prompt that leaves no room to generate
+    ``max_new_tokens`` within ``max_length`` is an error (every prompt must get its N samples)."""
+    from imitalign.generate.kshot import load_prompt_set
 
-    records, stats = read_records(cfg.prompts, kind="prompt")
-    if not records:
-        raise ConfigError(f"{cfg.prompts.path}: no usable prompts ({stats.rows_read} rows read)")
-    renderer = Renderer(tokenizer, cfg.chat_template, cfg.system_prompt)
-    prompts, ids = [], []
-    for rec, (example, note) in zip(
-        records, tokenize_records(records, "prompt", tokenizer, renderer, cfg.max_length), strict=True
-    ):
-        if example is None:
-            raise ConfigError(
-                f"{rec.source}: the prompt leaves no room to generate within max_length {cfg.max_length}"
-                f" ({note.prompt_tokens} tokens)"
-            )
-        prompts.append(prompt_value(rec.prompt))
-        ids.append(list(example.prompt_ids))
-    return prompts, ids
+    ps = load_prompt_set(
+        cfg.prompts,
+        tokenizer,
+        chat_template=cfg.chat_template,
+        system_prompt=cfg.system_prompt,
+        max_length=cfg.max_length,
+        max_new_tokens=cfg.sampling.max_new_tokens,
+    )
+    if ps.dropped:
+        raise ConfigError(
+            f"{cfg.prompts.path}: {ps.dropped} prompts leave no room for max_new_tokens "
+            f"{cfg.sampling.max_new_tokens} within max_length {cfg.max_length}"
+        )
+    return list(ps.prompts), [list(ids) for ids in ps.prompt_ids]
 
 
 def prompt_value(messages: list[dict[str, str]]) -> Any:
