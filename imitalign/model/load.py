@@ -117,8 +117,10 @@ def load_policy(cfg: ModelConfig, seed: int) -> tuple[nn.Module, PreTrainedToken
     tok = load_tokenizer(cfg)
     model = load_causal_lm(cfg, tok, seed)
     if cfg.gradient_checkpointing:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.lora is not None:
         if cfg.gradient_checkpointing:
