@@ -32,8 +32,8 @@ def test_gym_experiments_run_on_a_tiny_plan(tmp_path: Path) -> None:
     text = exp_bon(out, TINY, styles=("plain",))
     assert "init-sft" in text and "closed-form" in text and "gold (oracle)" in text
     assert (out / "afd_bon.png").is_file()
-    assert "best-of-2 reranking" in exp_distill(out, TINY, n=2, rounds=1)
-    assert "GSIL" in exp_selfplay(out, TINY, rounds=1)
+    assert "best-of-2 reranking" in exp_distill(out, TINY, seeds=1, n=2, rounds=1)
+    assert "GSIL" in exp_selfplay(out, TINY, seeds=1, rounds=1)
     frontier = exp_iqlearn(out, TINY, lams=(0.0, 0.1), alphas=(0.5,))
     assert "α=0.5" in frontier and (out / "iqlearn_frontier.png").is_file()
     assert exp_bon(out, TINY, styles=("plain",)).split("Wall")[1].split("\n", 1)[1] == text.split("Wall")[1].split(

@@ -1,9 +1,9 @@
 """CLI commands of learning from demonstrations (AfD reward models, best-of-N, IQLearn extras).
 
-    imitalign bon CONFIG.yaml [--set n_max=64]             best-of-N sweep per reward source (table + plot)
-    imitalign afd train CONFIG.yaml [--set modes=[init_sft]] π_SFT, sampled classes, AfD discriminators
-    imitalign afd gym-sft | gym-bon | gym-distill | gym-selfplay [--seeds N] [--out DIR]   gym experiments
-    imitalign iqlearn gym-frontier [--seeds N] [--lams 0,0.1,0.3,1] [--alphas 0.1]         λ sweep, reward, α
+imitalign bon CONFIG.yaml [--set n_max=64]             best-of-N sweep per reward source (table + plot)
+imitalign afd train CONFIG.yaml [--set modes=[init_sft]] π_SFT, sampled classes, AfD discriminators
+imitalign afd gym-sft | gym-bon | gym-distill | gym-selfplay [--seeds N] [--out DIR]   gym experiments
+imitalign iqlearn gym-frontier [--seeds N] [--lams 0,0.1,0.3,1] [--alphas 0.1]         λ sweep, reward, α
 """
 
 from __future__ import annotations
@@ -45,8 +45,9 @@ def bon(
     _setup_logging()
     cfg = load_bon_config(config, set_ or [])
     summary = run_bon(cfg, progress=True)
-    typer.echo(markdown_table([{**r, "gold": tuple(r["gold"]), "win_rate": tuple(r["win_rate"])}
-                               for r in summary["results"]]))
+    typer.echo(
+        markdown_table([{**r, "gold": tuple(r["gold"]), "win_rate": tuple(r["win_rate"])} for r in summary["results"]])
+    )
     typer.echo(f"written to {Path(cfg.output_dir).resolve()} (bon.md, bon.png, results.json)")
 
 
@@ -99,7 +100,7 @@ def gym_bon(
 @friendly
 def gym_distill(
     out: OutOpt = "runs/afd_gym",
-    seed: Annotated[int, typer.Option(help="the base's seed")] = 0,
+    seeds: SeedsOpt = 1,
     n: Annotated[int, typer.Option("--n", min=2, help="best-of-N used for distillation")] = 8,
     rounds: Annotated[int, typer.Option(min=1, help="rounds of the iterated (best vs worst) loop")] = 2,
 ) -> None:
@@ -107,21 +108,21 @@ def gym_distill(
     discriminator, iterated) vs reranking at the same N."""
     from imitalign.loops.afd_gym import exp_distill
 
-    exp_distill(out, seed=seed, n=n, rounds=rounds)
+    exp_distill(out, seeds=seeds, n=n, rounds=rounds)
 
 
 @afd_app.command("gym-selfplay")
 @friendly
 def gym_selfplay(
     out: OutOpt = "runs/afd_gym",
-    seed: Annotated[int, typer.Option(help="the base's seed")] = 0,
+    seeds: SeedsOpt = 1,
     rounds: Annotated[int, typer.Option(min=1, help="self-play rounds")] = 2,
 ) -> None:
     """SPIN (DPO, demonstration vs own sample, reference = previous iterate) and GSIL (DIL-BCE on the same pairs)
     vs SFT on the demonstrations."""
     from imitalign.loops.afd_gym import exp_selfplay
 
-    exp_selfplay(out, seed=seed, rounds=rounds)
+    exp_selfplay(out, seeds=seeds, rounds=rounds)
 
 
 @iq_app.command("gym-frontier")

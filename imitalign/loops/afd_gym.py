@@ -2,9 +2,9 @@
 
     imitalign afd gym-sft       [--seeds 3] [--out runs/afd_gym]   SFT on demonstrations vs the demonstrator
     imitalign afd gym-bon       [--seeds 3] [--styles plain,style] best-of-N curves per reward source
-    imitalign afd gym-distill   [--seed 0]                          distilled (SFT on winners, DPO on best-vs-worst)
+    imitalign afd gym-distill   [--seeds 3]                         distilled (SFT on winners, DPO on best-vs-worst)
                                                                     vs reranked
-    imitalign afd gym-selfplay  [--seed 0]                          SPIN and GSIL vs SFT
+    imitalign afd gym-selfplay  [--seeds 3]                         SPIN and GSIL vs SFT
     imitalign iqlearn gym-frontier [--seeds 3] [--lams 0,0.1,0.3,1] λ sweep: gold vs diversity, cost per step,
                                                                     the recovered reward's rank correlation, α
 
@@ -55,9 +55,9 @@ class GymPlan:
     )
     init: TrainSpec = field(default_factory=lambda: TrainSpec(lr=3e-3, epochs=3, batch_size=64, num_threads=THREADS))
     sft: TrainSpec = field(default_factory=lambda: TrainSpec(lr=1e-3, epochs=4, batch_size=16, num_threads=THREADS))
-    disc: TrainSpec = field(default_factory=lambda: TrainSpec(lr=1e-3, epochs=2, batch_size=32, num_threads=THREADS))
+    disc: TrainSpec = field(default_factory=lambda: TrainSpec(lr=1e-3, epochs=3, batch_size=32, num_threads=THREADS))
     pref: TrainSpec = field(default_factory=lambda: TrainSpec(lr=5e-4, epochs=2, batch_size=16, num_threads=THREADS))
-    n_max: int = 32
+    n_max: int = 64
     eval_n: int = 4
     max_new_tokens: int = 32
     sample_batch: int = 128
@@ -422,7 +422,7 @@ def _policy_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def exp_distill(root: str | Path, plan: GymPlan = PLAN, seed: int = 0, n: int = 8, rounds: int = 2) -> str:
+def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: int) -> tuple[list[dict[str, Any]], str]:
     """Distilling best-of-N with the init-SFT discriminator into the policy, compared with reranking at the same N:
     (a) SFT (MLE) from π_SFT on the best-of-n winners of π_SFT's samples on the gym's training prompts;
     (b) DPO (reference π_SFT) on best-vs-worst pairs of the same samples (``max_min`` of :mod:`imitalign.loops.pairs`);
@@ -549,10 +549,26 @@ def exp_distill(root: str | Path, plan: GymPlan = PLAN, seed: int = 0, n: int = 
                     "length": _ms(r["length"]),
                 }
             )
-    text = _policy_table(table_rows)
+    note = f"seed {seed}: {len(winners)} training prompts × {n} samples; pairs: {stats.summary()}"
+    return table_rows, note
+
+
+def _aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of the same name over seeds: mean over seeds ± se over seeds (one seed: its own se)."""
+    out = []
+    for r0 in per_seed[0]:
+        same = [next(r for r in rows if r["name"] == r0["name"]) for rows in per_seed]
+        out.append({"name": r0["name"], **{k: over_seeds([r[k] for r in same]) for k in r0 if k != "name"}})
+    return out
+
+
+def exp_distill(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, n: int = 8, rounds: int = 2) -> str:
+    """Distilled vs reranked (see :func:`_distill_seed`), over ``seeds`` seeds."""
+    runs = [_distill_seed(root, plan, seed, n, rounds) for seed in range(seeds)]
+    text = _policy_table(_aggregate([rows for rows, _ in runs]))
     text += (
-        f"\n\nSeed {seed}; distillation prompts: {len(winners)} training prompts × {n} samples; pairs: "
-        f"{stats.summary()}. Win rates are against π_SFT's samples of the same held-out prompts (ties ½)."
+        f"\n\n{seeds} seed(s): mean over seeds ± se over seeds (one seed: ± se over prompts). Win rates are against "
+        "π_SFT's samples of the same held-out prompts (ties ½).\n" + "\n".join(f"- {note}" for _, note in runs)
     )
     (Path(root) / "afd_distill.md").write_text(text + "\n")
     print(text)
@@ -560,7 +576,7 @@ def exp_distill(root: str | Path, plan: GymPlan = PLAN, seed: int = 0, n: int = 
 
 
 # ------------------------------------------------------------------------------------------ experiment 4
-def exp_selfplay(root: str | Path, plan: GymPlan = PLAN, seed: int = 0, rounds: int = 2) -> str:
+def _selfplay_seed(root: str | Path, plan: GymPlan, seed: int, rounds: int) -> list[dict[str, Any]]:
     """SPIN (DPO; demonstration chosen, own sample rejected; reference = the previous iterate) and GSIL (DIL-BCE on
     the same pairs), both through ``imitalign iterate`` with ``pairs.mode: self_play``, from π_SFT, against π_SFT and
     against SFT trained for as many more epochs on the same demonstrations."""
@@ -612,9 +628,16 @@ def exp_selfplay(root: str | Path, plan: GymPlan = PLAN, seed: int = 0, rounds: 
             lambda m=model: evaluate(m, b, plan, reference=sft, baseline=baseline),
         )
         rows.append(_policy_row(label, res))
-    text = _policy_table(rows) + (
-        f"\n\nSeed {seed}; {rounds} rounds of {per_round} demonstration prompts, one own "
-        "sample each; win rates against π_SFT's samples of the same held-out prompts."
+    return rows
+
+
+def exp_selfplay(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, rounds: int = 2) -> str:
+    """SPIN and GSIL vs SFT (see :func:`_selfplay_seed`), over ``seeds`` seeds."""
+    per_seed = [_selfplay_seed(root, plan, seed, rounds) for seed in range(seeds)]
+    text = _policy_table(_aggregate(per_seed)) + (
+        f"\n\n{seeds} seed(s): mean over seeds ± se over seeds (one seed: ± se over prompts). {rounds} rounds, each "
+        f"on {plan.gym.n_expert // rounds} demonstration prompts with one own sample; win rates against π_SFT's "
+        "samples of the same held-out prompts."
     )
     (Path(root) / "afd_selfplay.md").write_text(text + "\n")
     print(text)
