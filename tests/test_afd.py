@@ -171,3 +171,35 @@ def test_bradley_terry_folder_is_not_a_discriminator(tmp_path: Path) -> None:
         load_reward({"kind": "discriminator", "path": str(model_dir)})
     (tmp_path / "rm" / "config.yaml").write_text(json.dumps({"objective": {"name": "discriminator_bce"}}))
     assert load_reward({"kind": "discriminator", "path": str(model_dir)}).meta is None
+
+
+@pytest.mark.parametrize(
+    ("name", "loader"),
+    [
+        ("afd_gym_style.yaml", "afd"),
+        ("afd_hh_gemma2b.yaml", "afd"),
+        ("afd_bon_gym.yaml", "bon"),
+        ("afd_spin_gym.yaml", "iterate"),
+        ("iqlearn_online_gym.yaml", "train"),
+        ("iqlearn_tldr_qwen.yaml", "train"),
+    ],
+)
+def test_shipped_configs_validate(name: str, loader: str) -> None:
+    import yaml
+
+    from imitalign.config import load_config
+    from imitalign.loops.bon import load_bon_config
+    from imitalign.loops.iterate import parse_iterate_config
+    from tests.helpers import REPO
+
+    path = REPO / "configs" / name
+    if loader == "afd":
+        cfg = load_afd_config(path)
+        assert cfg.modes
+    elif loader == "bon":
+        assert load_bon_config(path).n_max == 64
+    elif loader == "iterate":
+        assert parse_iterate_config(yaml.safe_load(path.read_text())).pairs.mode == "self_play"
+    else:
+        cfg = load_config(path)
+        assert cfg.objective.name == "iqlearn"
