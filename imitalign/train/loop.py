@@ -336,6 +336,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             step_tokens, step_own_tokens = (int(x) for x in accelerator.reduce(t, "sum"))
         step_loss = torch.zeros((), device=accelerator.device)
         for m, (batch, weights) in enumerate(micro_batches):
+            # counts for logging, taken on the host before the batch moves: no device sync for them
+            n_real, n_slots = int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
+            w_sum = float(weights.sum())
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             weights = weights.to(accelerator.device)
             if ref_engine is not None and spec.kind == "pair":
@@ -358,10 +361,10 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                     )
                 accelerator.backward(loss)
             step_loss += loss.detach()
-            window.add(metrics, float(weights.sum()))
-            speed.add(int(batch["attention_mask"].sum()) if weights.sum() > 0 else 0)
-            pad_real += int(batch["attention_mask"].sum())
-            pad_slots += batch["attention_mask"].numel()
+            window.add(metrics, w_sum)
+            speed.add(n_real if w_sum > 0 else 0)
+            pad_real += n_real
+            pad_slots += n_slots
         grad_norm = None
         if cfg.train.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(engine.parameters(), cfg.train.max_grad_norm)
