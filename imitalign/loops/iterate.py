@@ -136,6 +136,9 @@ class RejectionConfig(_Strict):
             incremental_etas(self.etas)  # raises on a non-decreasing schedule
         elif any(not e > 0 for e in self.etas):
             raise ValueError("every rejection.etas entry must be > 0")
+        if self.form == "rso" and self.acceptance == "best_of_n":
+            raise ValueError("rejection.form rso pairs accepted samples; best_of_n accepts one per prompt — use "
+                             "acceptance statistical (or form sft)")
         return self
 
     def step_eta(self, t: int) -> float:
