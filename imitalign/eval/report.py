@@ -65,7 +65,7 @@ def aggregate(per_seed: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
 def _cell(v: tuple[float, float] | None) -> str:
     if v is None:
         return "–"
-    m, se = v
+    m, se = (0.0 if abs(x) < 5e-4 else x for x in v)  # no "-0.000"
     return f"{m:.3f}" if math.isnan(se) else f"{m:.3f} ± {se:.3f}"
 
 
