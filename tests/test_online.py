@@ -257,3 +257,25 @@ def test_retrain_on_union_with_an_enhancer(gym, tmp_path):
     samples = read_rows(r2 / "samples.jsonl")
     assert [r["policy"] for r in samples[:4]] == ["pi_1", "pi_1", "pi_1", "enhancer"]
     assert json.loads((r2 / "generation.json").read_text())["enhancer"]["k"] == 1
+
+
+def test_offline_baseline_and_summary_over_seeds(gym, run_a, tmp_path):
+    from imitalign.loops.iterate import summarize_runs
+
+    pairs = run_a.root / "round_1" / "train_data.jsonl"
+    outs = []
+    for seed in (0, 1):
+        raw = iterate_raw(gym, tmp_path / f"offline{seed}", rounds=1, offline={"path": str(pairs)}, prompts=None,
+                          reward=None, run__seed=seed, run__name="offline")
+        res = run_iterate(parse_iterate_config(raw), say=quiet)
+        assert res.ran == [(0, "eval"), (1, "pairs"), (1, "train"), (1, "eval")]
+        assert res.rows[1]["train_examples"] == 128 and res.rows[1]["gold_reward"]["mean"] > 0
+        outs.append(res.root)
+    table, arms = summarize_runs(outs)
+    assert arms[0]["arm"] == "offline" and arms[0]["seeds"] == 2
+    means = [json.loads((o / "results.json").read_text())["rows"][-1]["gold_reward"]["mean"] for o in outs]
+    assert arms[0]["gold_reward"]["mean"] == pytest.approx(sum(means) / 2)
+    assert arms[0]["gold_reward"]["se"] == pytest.approx(abs(means[0] - means[1]) / 2)  # sd/√2 of two values
+    assert "| offline | 2 |" in table
+    with pytest.raises(ConfigError, match="prompts and reward are required"):
+        parse_iterate_config(iterate_raw(gym, tmp_path / "x", prompts=None))

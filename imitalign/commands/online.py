@@ -6,6 +6,7 @@ multi-step rejection sampling).
     imitalign pairs SCORED.jsonl --mode max_min --out pairs.jsonl
     imitalign iterate CONFIG.yaml [--set rounds=2]
     imitalign rejection CONFIG.yaml                                      (iterate with a rejection section)
+    imitalign iterate-summary runs/online/*/seed*                        (mean ± se over seeds, per arm)
 """
 
 from __future__ import annotations
@@ -160,3 +161,20 @@ def rejection(
 ) -> None:
     """Multi-step rejection sampling toward π_0·exp(r/η) (statistical or best-of-n; SFT or RSO form)."""
     _iterate(config, set_, need_rejection=True)
+
+
+@app.command("iterate-summary")
+@friendly
+def iterate_summary(
+    runs: Annotated[list[str], typer.Argument(help="run folders of imitalign iterate (seeds of arms)")],
+    out: Annotated[str | None, typer.Option("--out", help="also write the table to this Markdown file")] = None,
+) -> None:
+    """One row per arm (run.name): last-round eval reward, win rate, KL, length as mean ± se over seeds."""
+    from pathlib import Path
+
+    from imitalign.loops.iterate import summarize_runs
+
+    table, _ = summarize_runs(runs)
+    typer.echo(table)
+    if out:
+        Path(out).write_text(table + "\n")

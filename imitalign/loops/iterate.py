@@ -137,8 +137,10 @@ class RejectionConfig(_Strict):
         elif any(not e > 0 for e in self.etas):
             raise ValueError("every rejection.etas entry must be > 0")
         if self.form == "rso" and self.acceptance == "best_of_n":
-            raise ValueError("rejection.form rso pairs accepted samples; best_of_n accepts one per prompt — use "
-                             "acceptance statistical (or form sft)")
+            raise ValueError(
+                "rejection.form rso pairs accepted samples; best_of_n accepts one per prompt — use "
+                "acceptance statistical (or form sft)"
+            )
         return self
 
     def step_eta(self, t: int) -> float:
@@ -179,9 +181,10 @@ class IterateConfig(_Strict):
     run: RunConfig = Field(default_factory=RunConfig)
     policy: str  # π_0: a model folder or hub id
     rounds: int = Field(3, ge=1)
-    prompts: PromptsConfig
+    prompts: PromptsConfig | None = None  # required unless offline
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    reward: RewardConfig
+    reward: RewardConfig | None = None  # required unless offline
+    offline: DataSource | None = None  # the offline baseline: one round of training on this preference file
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     rejection: RejectionConfig | None = None
     train: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig)
@@ -192,9 +195,18 @@ class IterateConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> IterateConfig:
+        if self.offline is not None:
+            if self.rounds != 1 or self.rejection is not None:
+                raise ValueError("offline (training on a fixed preference file) is one round, without rejection")
+            if self.eval is None or (self.eval.reward is None and self.reward is None):
+                raise ValueError("offline runs need an eval section with a reward (eval.reward)")
+        elif self.prompts is None or self.reward is None:
+            raise ValueError("prompts and reward are required (unless offline: a fixed preference file)")
         if self.generate.k < 2 and self.pairs.mode != SELF_PLAY:
-            raise ValueError(f"generate.k must be >= 2 to pair samples (got {self.generate.k}); only self_play "
-                             "pairing works from one sample per prompt")
+            raise ValueError(
+                f"generate.k must be >= 2 to pair samples (got {self.generate.k}); only self_play "
+                "pairing works from one sample per prompt"
+            )
         if self.rejection is not None and len(self.rejection.etas) != self.rounds:
             raise ValueError(
                 f"rejection.etas has {len(self.rejection.etas)} entries for {self.rounds} rounds: give one η per round"
@@ -326,6 +338,10 @@ def train_config(cfg: IterateConfig, t: int, init_model: str, ref_model: str, da
         "run": {"output_dir": str(out), "seed": cfg.run.seed * 1000 + t, "name": f"{cfg.run.name or 'iterate'}-r{t}"},
         "model": {**cfg.train.model, "name_or_path": init_model},
         "data": {**_data_section(cfg), "train": {"path": str(data_path), "format": fmt}},
+    }
+    if cfg.offline is not None:  # the offline file's rows, copied as they are
+        raw["data"]["train"].update(format=cfg.offline.format, columns=cfg.offline.columns)
+    raw |= {
         "objective": cfg.train.objective.model_dump(),
         "train": dict(cfg.train.train),
     }
@@ -373,6 +389,9 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
             )
     tok = load_tokenizer(ModelConfig(name_or_path=cfg.policy))
     data = _data_section(cfg)
+    if cfg.offline is not None:
+        return _preflight_offline(cfg, tok, data, say)
+    assert cfg.prompts is not None and cfg.reward is not None
     prompt_set = load_prompt_set(
         cfg.prompts.source,
         tok,
@@ -411,6 +430,35 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
         f"{len(prompt_set)} prompts; K = {cfg.generate.k}; reward {reward.name}; {cfg.rounds} rounds of "
         f"{cfg.prompts.per_round} prompts"
     )
+    return pf
+
+
+def _preflight_offline(cfg: IterateConfig, tok: Any, data: dict[str, Any], say: Callable[[str], None]) -> Preflight:
+    from imitalign.data.dataset import validate_data
+    from imitalign.generate.kshot import load_prompt_set
+
+    assert cfg.offline is not None and cfg.eval is not None
+    validate_data(
+        load_config(
+            None, raw={"model": {"name_or_path": cfg.policy}, "data": {**data, "train": cfg.offline.model_dump()}}
+        ).data,
+        "preference",
+    )
+    reward = load_reward(cfg.eval.reward or cfg.reward)  # type: ignore[arg-type]
+    pf = Preflight(tok, 0, reward, reward)
+    pf.eval_prompts = load_prompt_set(
+        cfg.eval.prompts,
+        tok,
+        chat_template=data["chat_template"],
+        system_prompt=data.get("system_prompt"),
+        max_length=data["max_length"],
+        max_prompt_length=data.get("max_prompt_length"),
+        max_new_tokens=cfg.eval.max_new_tokens or cfg.generate.max_new_tokens,
+    )
+    _probe(reward, pf.eval_prompts.prompts[0])
+    if cfg.eval.pairs:
+        pf.eval_pairs = read_rows(cfg.eval.pairs)
+    say(f"offline: one round on {cfg.offline.path}")
     return pf
 
 
@@ -594,9 +642,7 @@ def _demos(cfg: IterateConfig) -> dict[str, list[str]]:
 
     assert cfg.pairs.demos is not None
     records, _ = read_records(cfg.pairs.demos, kind="demonstration")
-    rows = [
-        {"prompt": r.prompt, "response": r.response} for r in records if isinstance(r, DemonstrationRecord)
-    ]
+    rows = [{"prompt": r.prompt, "response": r.response} for r in records if isinstance(r, DemonstrationRecord)]
     if not rows:
         raise LoopError(f"pairs.demos {cfg.pairs.demos.path}: no demonstrations (prompt, response)")
     return demo_lookup(rows)
@@ -653,8 +699,15 @@ def run_iterate(
     for t in range(1, cfg.rounds + 1):
         rd = root / f"round_{t}"
         rd.mkdir(parents=True, exist_ok=True)
+        if cfg.offline is not None and not (rd / "train_data.jsonl").exists():  # the offline baseline
+            from imitalign.data.sources import iter_rows
+
+            rows = [row for _, row in iter_rows(cfg.offline.path, cfg.offline.split, cfg.offline.limit)]
+            write_rows(rd / "train_data.jsonl", rows)
+            write_json(rd / "selection.json", {"offline": cfg.offline.path, "train_examples": len(rows)})
+            done(t, "pairs")
         # prompts
-        if not (rd / "prompts.jsonl").exists():
+        if cfg.offline is None and not (rd / "prompts.jsonl").exists():
             if prompt_set is None:
                 prompt_set = load_prompt_set(
                     cfg.prompts.source,
@@ -679,7 +732,7 @@ def run_iterate(
             )
             done(t, "prompts")
         # samples
-        if not (rd / "samples.jsonl").exists():
+        if cfg.offline is None and not (rd / "samples.jsonl").exists():
             info = _sample_stage(cfg, rd, t, model, pi0)
             write_json(rd / "generation.json", info["generation"])
             say(
@@ -688,7 +741,7 @@ def run_iterate(
             )
             done(t, "samples")
         # scored
-        if not (rd / "scored.jsonl").exists():
+        if cfg.offline is None and not (rd / "scored.jsonl").exists():
             rows = read_rows(rd / "samples.jsonl")
             check_samples(rows, cfg.generate.k, str(rd / "samples.jsonl"))
             t0 = time.perf_counter()
@@ -894,12 +947,19 @@ def write_iterate_report(root: Path, cfg: IterateConfig, rows: list[dict[str, An
         if cfg.rejection
         else f"pairs {cfg.pairs.mode}"
     )
+    if cfg.offline is not None:
+        what, source = "offline", f"one round on the fixed pairs `{cfg.offline.path}`"
+    else:
+        assert cfg.prompts is not None and cfg.reward is not None
+        source = (
+            f"{cfg.rounds} rounds × {cfg.prompts.per_round} prompts × K = {cfg.generate.k}; reward "
+            f"`{cfg.reward.display_name()}`"
+        )
     ref_ok = all(r.get("reference_fingerprint") == r.get("pi0_fingerprint") for r in rows if r["round"] > 0)
     lines = [
         f"# imitalign iterate: {cfg.run.name or root.name}",
         "",
-        f"π_0 = `{cfg.policy}`; {cfg.rounds} rounds × {cfg.prompts.per_round} prompts × K = {cfg.generate.k}; "
-        f"reward `{cfg.reward.display_name()}`; {what}; objective `{cfg.train.objective.name}` "
+        f"π_0 = `{cfg.policy}`; {source}; {what}; objective `{cfg.train.objective.name}` "
         f"{cfg.train.objective.options or ''}; start `{cfg.start}`; reference `{cfg.reference}`"
         + (" (π_0 in every round: fingerprints checked)" if cfg.reference == "initial" and ref_ok else ""),
         "",
@@ -916,3 +976,45 @@ def write_iterate_report(root: Path, cfg: IterateConfig, rows: list[dict[str, An
     report.write_text("\n".join(lines) + "\n")
     write_json(root / "results.json", {"rows": rows, "config": cfg.model_dump(mode="json")})
     return report
+
+
+# ------------------------------------------------------------------------------------------ across seeds
+def summarize_runs(run_dirs: list[str | Path]) -> tuple[str, list[dict[str, Any]]]:
+    """Mean ± standard error *over runs* (seeds) of each arm's last round, arms named by ``run.name`` (runs
+    of one name are the seeds of one arm). Returns the Markdown table and the per-arm numbers."""
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for d in run_dirs:
+        res = read_json(Path(d) / "results.json")
+        name = res["config"]["run"].get("name") or Path(d).name
+        arms.setdefault(name, []).append(res)
+    keys = (
+        ("gold_reward", "eval reward"),
+        ("win_rate_vs_baseline", "win vs π_0"),
+        ("kl_to_reference", "KL(π‖π_0)"),
+        ("length", "length"),
+    )
+    out = []
+    for name, runs in arms.items():
+        row: dict[str, Any] = {"arm": name, "seeds": len(runs), "rounds": len(runs[0]["rows"]) - 1}
+        for key, _ in keys:
+            vals = [r["rows"][-1][key]["mean"] for r in runs if r["rows"][-1].get(key)]
+            if vals:
+                se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan
+                row[key] = {"mean": statistics.fmean(vals), "se": se}
+        base = [r["rows"][0]["gold_reward"]["mean"] for r in runs if r["rows"][0].get("gold_reward")]
+        if base:
+            row["pi0_reward"] = statistics.fmean(base)
+        curve = [
+            statistics.fmean(r["rows"][t]["gold_reward"]["mean"] for r in runs)
+            for t in range(len(runs[0]["rows"]))
+            if all(r["rows"][t].get("gold_reward") for r in runs)
+        ]
+        row["curve"] = curve
+        out.append(row)
+    head = ["arm", "seeds"] + [h for _, h in keys] + ["eval reward by round (mean over seeds)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in out:
+        cells = [row["arm"], str(row["seeds"])] + [_ms(row.get(k)) for k, _ in keys]
+        cells.append(" → ".join(f"{c:.3f}" for c in row["curve"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines), out
