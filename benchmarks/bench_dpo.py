@@ -426,7 +426,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few rows: a smoke test of every variant")
     ap.add_argument("--settings", nargs="*", default=["variable", "fixed"], choices=list(SETTINGS))
     ap.add_argument("--variants", nargs="*", default=VARIANTS, choices=VARIANTS)
-    ap.add_argument("--pairs", type=int, default=None, help="override the number of pairs of every setting")
+    ap.add_argument(
+        "--pairs", nargs="*", default=[], metavar="SETTING=N", help="override pairs per setting, e.g. fixed=400"
+    )
     ap.add_argument("--check-only", action="store_true", help="only the per-step loss match against TRL")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--work", type=Path, default=None, help="data/model/run folder (default: a temp dir)")
@@ -462,7 +464,8 @@ def main() -> None:
     report["matmul_peak_gflops"] = peak
     print(f"fp32 matmul peak ({HP['threads']} threads, 2048^3, best of 5): {peak:.0f} GFLOP/s", flush=True)
     for setting in args.settings:
-        pairs = args.pairs or (QUICK_PAIRS[setting] if args.quick else SETTINGS[setting]["pairs"])
+        override = dict(x.split("=") for x in args.pairs)
+        pairs = int(override.get(setting, QUICK_PAIRS[setting] if args.quick else SETTINGS[setting]["pairs"]))
         folder = build_setting(work, setting, pairs)
         tokens = real_tokens(folder)
         results: dict[str, dict[str, Any]] = {}
