@@ -486,9 +486,12 @@ class IterateResult:
 
 
 def _load_causal(path: str) -> Any:
+    """A causal LM for evaluation, on the GPU when there is one."""
+    import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
 
 
 def _evaluate(
