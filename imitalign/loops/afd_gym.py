@@ -148,7 +148,13 @@ def style_share(row: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluate(
-    model_dir: str, b: Base, plan: GymPlan, *, reference: str | None = None, baseline: Sequence[float] | None = None
+    model_dir: str,
+    b: Base,
+    plan: GymPlan,
+    *,
+    reference: str | None = None,
+    baseline: Sequence[float] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
     """``evaluate_model`` on the held-out prompts: gold, diversity, length, KL to ``reference``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -169,6 +175,7 @@ def evaluate(
         baseline_scores=baseline,
         n=plan.eval_n,
         seed=b.seed + 1000,
+        temperature=temperature,
         max_new_tokens=plan.max_new_tokens,
         batch_size=plan.sample_batch,
     )
@@ -485,6 +492,17 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
         options={"beta": 0.1},
         reference=sft,
     )
+    gentle = _train(  # the same pairs, a stronger KL anchor and a tenth of the update
+        work / "dpo_best_worst_gentle",
+        sft,
+        {"train": {"path": str(pairs_path), "format": "preference"}},
+        "dpo",
+        plan.pref.model_copy(update={"lr": plan.pref.lr / 5, "epochs": 1.0}),
+        seed,
+        plan,
+        options={"beta": 0.5},
+        reference=sft,
+    )
     it_cfg = parse_iterate_config(
         {
             "run": {"output_dir": str(work / "iterate"), "seed": seed},
@@ -512,7 +530,8 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
     table_rows = [_policy_row("π_SFT (plain demos)", base_res)]
     for label, model in (
         (f"SFT on best-of-{n} winners", sft_winners),
-        (f"DPO on best-vs-worst of {n}", dpo),
+        (f"DPO on best-vs-worst of {n} (β 0.1)", dpo),
+        (f"DPO on best-vs-worst of {n} (β 0.5, lr/5, 1 epoch)", gentle),
         (f"DPO best-vs-worst, iterated ×{rounds}", last),
     ):
         res = cached_eval(
@@ -661,19 +680,22 @@ def exp_iqlearn(
     seeds: int = 1,
     lams: Sequence[float] = (0.0, 0.1, 0.3, 1.0),
     alphas: Sequence[float] = (0.2,),
+    mle_temperatures: Sequence[float] = (1.25, 1.5),
 ) -> str:
     """IQLearn on the expert demonstrations from π_init: for each λ (λ = 0 runs objective ``mle``) and, at the
     second λ, each online α (own samples: one π_init sample per demonstration prompt) — gold reward, Self-BLEU,
     distinct-1/2, entropy, ms per optimiser step, and the Spearman correlation of the recovered reward
-    Σ_t log π + V(s_t) − γV(s_{t+1}) with gold on a pool of π_init samples of the held-out prompts."""
+    Σ_t log π + V(s_t) − γV(s_{t+1}) with gold on a pool of π_init samples of the held-out prompts. MLE sampled at
+    higher temperatures (``mle_temperatures``) traces MLE's own reward/diversity trade-off to compare with."""
     from imitalign.reward import load_reward
     from imitalign.reward.iq_reward import spearman, within_group_spearman
 
-    variants: list[tuple[str, float, float]] = [
-        (f"λ={lam:g}" + (" (MLE)" if lam == 0 else ""), lam, 0.0) for lam in lams
+    variants: list[tuple[str, float, float, float]] = [
+        (f"λ={lam:g}" + (" (MLE)" if lam == 0 else ""), lam, 0.0, 1.0) for lam in lams
     ]
     lam_online = lams[1] if len(lams) > 1 else lams[0]
-    variants += [(f"λ={lam_online:g}, α={a:g} (online)", lam_online, a) for a in alphas if a > 0]
+    variants += [(f"λ={lam_online:g}, α={a:g} (online)", lam_online, a, 1.0) for a in alphas if a > 0]
+    variants += [(f"λ=0 (MLE), sampled at T={t:g}", 0.0, 0.0, t) for t in mle_temperatures]
     per: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
         b = base(root, plan, seed)
@@ -692,7 +714,7 @@ def exp_iqlearn(
                 r["gold"] = g
             write_jsonl(pool_path, pool)
         pool = read_jsonl(pool_path)
-        for label, lam, alpha in variants:
+        for label, lam, alpha, temp in variants:
             data: dict[str, Any] = {
                 "train": {"path": str(b.files.expert), "format": "demonstration"},
                 "eval_fraction": 0.05,
@@ -703,7 +725,12 @@ def exp_iqlearn(
             options = {} if lam == 0 else {"lam": lam, "alpha": alpha}
             tag = "mle" if lam == 0 else f"lam{lam:g}_a{alpha:g}"
             model = _train(work / tag, b.init, data, objective, plan.sft, seed, plan, options=options)
-            res = cached_eval(work / f"eval_{tag}.json", model, lambda m=model, b=b: evaluate(m, b, plan))
+            suffix = "" if temp == 1.0 else f"_T{temp:g}"
+            res = cached_eval(
+                work / f"eval_{tag}{suffix}.json",
+                model,
+                lambda m=model, b=b, t=temp: evaluate(m, b, plan, temperature=t),
+            )
             src = load_reward(
                 {"kind": "iqlearn", "path": model, "chat_template": "none", "max_length": plan.max_length}
             )
@@ -717,6 +744,7 @@ def exp_iqlearn(
                     "distinct_1": (res["distinct_1"], math.nan),
                     "distinct_2": (res["distinct_2"], math.nan),
                     "entropy": (res["token_entropy"], math.nan),
+                    "length": _ms(res["length"]),
                     "ms_per_step": (ms_per_step(work / tag), math.nan),
                     "rho_pooled": (spearman(r_hat, gold), math.nan),
                     "rho_within": (rho_w[0], rho_w[1]),
@@ -728,6 +756,7 @@ def exp_iqlearn(
         ("self_bleu", "self-BLEU ↓"),
         ("distinct_2", "distinct-2 ↑"),
         ("entropy", "entropy"),
+        ("length", "length"),
         ("ms_per_step", "ms/step"),
         ("rho_pooled", "ρ(r̂, r*) pooled"),
         ("rho_within", "ρ within prompt"),
@@ -736,7 +765,7 @@ def exp_iqlearn(
     lines = [
         f"Seeds: {seeds}. IQLearn from π_init on {plan.gym.n_expert} expert demonstrations "
         f"({plan.sft.epochs:g} epochs, lr {plan.sft.lr:g}); ρ: Spearman of the recovered reward (γ = 1) with "
-        "r* on 8 π_init samples of each held-out prompt.",
+        "r* on 8 π_init samples of each held-out prompt (the same for every sampling temperature of a model).",
         "",
         "| variant | " + " | ".join(h for _, h in keys) + " |",
         "|---|" + "---|" * len(keys),
