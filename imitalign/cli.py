@@ -123,7 +123,7 @@ def quickstart(
 
 
 def _register_command_groups() -> None:
-    from imitalign.commands import afd, online  # noqa: F401 - importing registers their commands
+    from imitalign.commands import afd, evaluate, online  # noqa: F401 - importing registers their commands
 
 
 _register_command_groups()

@@ -84,3 +84,24 @@ def test_cli_train_and_preview_end_to_end(tmp_path):
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert saved["train"]["max_steps"] == 3  # the resolved config, overrides included
     assert (tmp_path / "run" / "model" / "model.safetensors").exists()
+
+
+def test_cli_eval_reports_kl_zero_against_itself_and_sample_writes_k_rows(tmp_path):
+    path = _write_run(tmp_path)
+    assert runner.invoke(app, ["train", str(path)]).exit_code == 0
+    model = str(tmp_path / "run" / "model")
+    out = tmp_path / "eval.json"
+    result = runner.invoke(
+        app,
+        ["eval", model, "--prompts", str(tmp_path / "pairs.jsonl"), "--reference", model, "--pairs",
+         str(tmp_path / "pairs.jsonl"), "--n", "2", "--max-new-tokens", "8", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    res = json.loads(out.read_text())
+    assert res["n_samples"] == 16 and abs(res["kl_to_reference"]["mean"]) < 1e-4
+    assert "win_rate_vs_chosen" in res and "heldout_logp_chosen" in res
+    samples = tmp_path / "samples.jsonl"
+    result = runner.invoke(app, ["sample", model, str(tmp_path / "pairs.jsonl"), "--out", str(samples), "--k", "3",
+                                 "--max-new-tokens", "8"])
+    assert result.exit_code == 0, result.output
+    assert len(samples.read_text().splitlines()) == 24
