@@ -651,6 +651,16 @@ def _demos(cfg: IterateConfig) -> dict[str, list[str]]:
     return demo_lookup(rows)
 
 
+def _same_run(saved: Any, dumped: dict[str, Any]) -> bool:
+    """The saved config is this one (validated with the current schema, so later fields with defaults match)."""
+    if saved == dumped:
+        return True
+    try:
+        return parse_iterate_config(saved).model_dump(mode="json") == dumped
+    except ConfigError:
+        return False
+
+
 def run_iterate(
     cfg: IterateConfig,
     *,
@@ -664,13 +674,15 @@ def run_iterate(
     say = say or (lambda m: print(f"[iterate] {m}", flush=True))
     saved = root / "iterate_config.yaml"
     dumped = cfg.model_dump(mode="json")
-    if saved.exists() and yaml.safe_load(saved.read_text()) != dumped:
+    if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
         raise ConfigError(
             f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
         )
     pf = preflight(cfg, say)
     root.mkdir(parents=True, exist_ok=True)
-    saved.write_text(yaml.safe_dump(dumped, sort_keys=False))
+    tmp = saved.with_name(saved.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
+    tmp.replace(saved)
     ran: list[tuple[int, str]] = []
 
     def done(t: int, stage: str) -> None:
