@@ -89,7 +89,6 @@ def _save_init(path: Path, seed: int = 0) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_init_sft_discriminator_separates_heldout_sft_and_init_samples(tmp_path: Path) -> None:
     files = build_gym(
         GymConfig(n_sft=0, n_expert=160, n_pref_prompts=0, n_online_prompts=0, n_eval_prompts=8), tmp_path / "gym"
