@@ -179,3 +179,17 @@ def test_generate_under_accelerate_launch_with_two_processes(tmp_path):
     single = rows_of(_prompt_set(7), sample_shard(model, tok, _prompt_set(7), list(range(7)), k=3,
                                                    max_new_tokens=5, seed=11))
     assert [r["response"] for r in got] == [r["response"] for r in single]
+
+
+def test_backend_choice():
+    import importlib.util
+
+    from imitalign.generate.kshot import resolve_backend
+
+    assert resolve_backend("transformers") == "transformers"
+    if importlib.util.find_spec("vllm") is None:
+        assert resolve_backend("auto") == "transformers"
+        with pytest.raises(ValueError, match="needs the vllm package"):
+            resolve_backend("vllm")
+    with pytest.raises(ValueError, match="unknown generation backend"):
+        resolve_backend("tgi")
