@@ -29,7 +29,7 @@ def _config(tmp_path: Path, name: str, batch_size: int, packing: bool) -> Path:
     raw = {
         "run": {"output_dir": str(tmp_path / name), "seed": 3},
         "model": {"config": dict(TINY_LLAMA), "tokenizer": str(tmp_path / "tok")},
-        "reference": {"cache_dir": None},
+        "reference": {"cache_dir": str(tmp_path / "refcache")},
         "data": {
             "train": {"path": str(tmp_path / "pairs.jsonl")},
             "eval_fraction": 0.2,
@@ -71,10 +71,16 @@ def test_two_processes_train_like_one(tmp_path, packing):
     save_tokenizer(tmp_path / "tok")
     one = _config(tmp_path, "one", 8, packing)
     two = _config(tmp_path, "two", 4, packing)
-    _run([sys.executable, str(SCRIPT), str(one)])
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     _run(accelerate + [str(SCRIPT), str(two)])
+    # the 2-process run computed the reference in two shards and the main process wrote the cache entry;
+    # the 1-process run reads it (same weights, same data) and leaves it untouched
+    (entry,) = (tmp_path / "refcache").glob("*.safetensors")
+    written = entry.stat().st_mtime_ns
+    _run([sys.executable, str(SCRIPT), str(one)])
+    assert [p.name for p in (tmp_path / "refcache").iterdir()] == [entry.name]
+    assert entry.stat().st_mtime_ns == written
 
     a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
     assert len(a) == len(b) == 5, (a, b)  # one line per step: only the main process writes
