@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,12 @@ def _config(tmp_path: Path, name: str, batch_size: int, packing: bool) -> Path:
     return path
 
 
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _run(cmd: list[str]) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -73,6 +80,7 @@ def test_two_processes_train_like_one(tmp_path, packing):
     two = _config(tmp_path, "two", 4, packing)
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    accelerate += ["--main_process_port", str(_free_port())]  # not the default 29500: runs may overlap
     _run(accelerate + [str(SCRIPT), str(two)])
     # the 2-process run computed the reference in two shards and the main process wrote the cache entry;
     # the 1-process run reads it (same weights, same data) and leaves it untouched
