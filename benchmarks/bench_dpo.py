@@ -37,8 +37,9 @@ Reported per variant:
   lookup and is not counted) and ``T`` the real tokens. The same count for every variant, whatever the
   implementation actually executes (padding, LM head on prompt positions, recomputation), so it measures
   useful work; attention's ``T²`` term is not counted. ``train_gflops`` is the same for the training phase
-  alone (``6·N·T / train_s``). Both are compared with the fp32 matmul peak measured at the start of the run
-  (best of 5 ``2048³`` matmuls with 2 threads).
+  alone (``6·N·T / train_s``). Both are compared with the fp32 matmul peak (best of 5 ``2048³`` matmuls with
+  2 threads) measured in the variant's subprocess just before and after it (their mean): on a shared machine
+  the peak moves with the load, so it is taken in the same conditions as the variant.
 
 The loss check (``--check-only``, and at the start of a full run): on the ``variable`` rows, from identical
 weights and with identical batches (TRL is given imitalign's epoch order and a sequential sampler), the DPO
@@ -318,6 +319,7 @@ def run_trl(folder: Path, precompute: bool, out: Path) -> dict[str, Any]:
 def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
+    peak_before = matmul_peak(HP["threads"])
     t = time.perf_counter()
     load0 = os.getloadavg()[0]
     out = work / name
@@ -333,6 +335,7 @@ def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
         raise ValueError(name)
     res["total_s"] = time.perf_counter() - t
     res["loadavg"] = (load0, os.getloadavg()[0])  # 1-minute load average at start and end (2 cores)
+    res["peak_gflops"] = (peak_before, matmul_peak(HP["threads"]))  # the machine as this variant found it
     res["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     res["n_params"] = _count_params(AutoModelForCausalLM.from_pretrained(folder / "model"))
     return res
@@ -393,9 +396,10 @@ def fmt_table(setting: str, results: dict[str, dict[str, Any]], tokens: int, pea
     base_ref, base_pre = results.get("trl_ref"), results.get("trl_pre")
     lines = [
         f"setting {setting}: {tokens} real tokens per epoch; matmul peak {peak:.0f} GFLOP/s",
-        "| variant | epoch s (ref pass) | cpu s | real tok/s | ×TRL-ref | ×TRL-pre | peak RSS GB | ×RSS TRL-ref "
-        "| GFLOP/s (% peak) | train-step GFLOP/s (% peak) | pad frac |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | epoch s (ref pass) | cpu s (×TRL-ref) | real tok/s | ×TRL-ref | ×TRL-pre "
+        "| peak RSS GB | ×RSS TRL-ref | GFLOP/s (% peak) | train-step GFLOP/s (% peak) | peak GFLOP/s | load avg "
+        "| pad frac |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         if "error" in r:
@@ -409,14 +413,18 @@ def fmt_table(setting: str, results: dict[str, dict[str, Any]], tokens: int, pea
         train_flops = 6 * n * tokens if name != "trl_ref" else flops
         g = flops / r["epoch_s"] / 1e9
         gt = train_flops / train_s / 1e9
+        # the peak measured just before and after this variant, in the same conditions (else the run's)
+        vpeak = sum(r["peak_gflops"]) / 2 if "peak_gflops" in r else peak
         x_ref = f"{tps / (tokens / base_ref['epoch_s']):.2f}" if base_ref and "error" not in base_ref else "-"
         x_pre = f"{tps / (tokens / base_pre['epoch_s']):.2f}" if base_pre and "error" not in base_pre else "-"
         x_rss = f"{r['rss_gb'] / base_ref['rss_gb']:.2f}" if base_ref and "error" not in base_ref else "-"
+        x_cpu = f"{base_ref['cpu_s'] / r['cpu_s']:.2f}" if base_ref and "error" not in base_ref else "-"
         pad = r.get("pad_fraction")
         lines.append(
-            f"| {name} | {r['epoch_s']:.1f} ({r['ref_s']:.1f}) | {r['cpu_s']:.1f} | {tps:.0f} | {x_ref} | {x_pre} "
-            f"| {r['rss_gb']:.2f} | {x_rss} | {g:.0f} ({100 * g / peak:.0f} %) | {gt:.0f} ({100 * gt / peak:.0f} %) "
-            f"| {'-' if pad is None else f'{pad:.2f}'} |"
+            f"| {name} | {r['epoch_s']:.1f} ({r['ref_s']:.1f}) | {r['cpu_s']:.1f} ({x_cpu}) | {tps:.0f} "
+            f"| {x_ref} | {x_pre} "
+            f"| {r['rss_gb']:.2f} | {x_rss} | {g:.0f} ({100 * g / vpeak:.0f} %) | {gt:.0f} ({100 * gt / vpeak:.0f} %) "
+            f"| {vpeak:.0f} | {sum(r.get('loadavg', (0, 0))) / 2:.1f} | {'-' if pad is None else f'{pad:.2f}'} |"
         )
     return "\n".join(lines)
 
