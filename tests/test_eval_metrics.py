@@ -26,15 +26,6 @@ from imitalign.gym.build import gold_rewards
 from imitalign.gym.tokenizer import build_tokenizer, tiny_llama_config
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not thrash when the machine is shared)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_mean_se():
     mean, se = mean_se([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5 and se == pytest.approx(math.sqrt((5 / 3) / 4))

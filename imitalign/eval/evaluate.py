@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from imitalign.data.collate import collate_demos, pad_id_for
+from imitalign.data.tokenize import TokenizedDemo, encode
 from imitalign.eval.metrics import (
     cluster_mean_se,
     distinct_n,
@@ -40,6 +42,7 @@ from imitalign.eval.metrics import (
     win_indicators,
 )
 from imitalign.generate.sampler import Sample, encode_prompts, sample
+from imitalign.model.logprobs import batch_logprobs
 
 RewardFn = Callable[[list[dict[str, Any]]], list[float]]
 
@@ -52,17 +55,9 @@ def collate_sequences(
     prompt_ids: Sequence[Sequence[int]], response_ids: Sequence[Sequence[int]], pad_token_id: int
 ) -> dict[str, Tensor]:
     """A right-padded batch (contracts.md "Batches") of ``prompt + response`` rows, with ``response_mask``
-    True on the response tokens."""
-    rows = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
-    width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (p, row) in enumerate(zip(prompt_ids, rows, strict=True)):
-        input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-        attention[i, : len(row)] = 1
-        response[i, len(p) : len(row)] = True
-    return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
+    True on the response tokens: :func:`imitalign.data.collate.collate_demos` on plain id lists."""
+    items = [TokenizedDemo(list(p), list(r), "") for p, r in zip(prompt_ids, response_ids, strict=True)]
+    return collate_demos(items, pad_token_id)
 
 
 @torch.no_grad()
@@ -74,9 +69,8 @@ def sequence_logps(
     pad_token_id: int,
     batch_size: int = 32,
 ) -> list[float]:
-    """Teacher-forced ``log π(y|x)`` (sum over response tokens) of each row, in batches."""
-    from imitalign.model.logprobs import batch_logprobs
-
+    """Teacher-forced ``log π(y|x)`` (sum over response tokens) of each row, in batches, by the log-prob
+    engine (:func:`imitalign.model.logprobs.batch_logprobs`)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -90,10 +84,6 @@ def sequence_logps(
     finally:
         model.train(was_training)
     return out
-
-
-def _encode_response(tokenizer: Any, text: str, eos_id: int) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) + [eos_id]
 
 
 def _paired_scores(name: str, scores: Sequence[float], n_prompts: int, samples: Sequence[Sample]) -> list[float]:
@@ -158,7 +148,7 @@ def evaluate_model(
         against = _paired_scores("baseline_scores", baseline_scores, len(prompts), samples)
         result["win_rate_vs_baseline"] = _ms(cluster_mean_se(win_indicators(scores, against), groups))
     if reference_model is not None:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad = pad_id_for(tokenizer)
         ref = sequence_logps(reference_model, [prompt_ids[s.prompt_index] for s in samples],
                              [s.response_ids for s in samples], pad_token_id=pad, batch_size=batch_size)
         ratios = [s.logp - r for s, r in zip(samples, ref, strict=True)]
@@ -196,10 +186,10 @@ def heldout_likelihood(
     """Mean ± se of teacher-forced ``log π(y_w|x)``, ``log π(y_l|x)``, their difference, and the same per
     response token, over held-out pairs (DIL's "likelihood of chosen responses" diagnostic)."""
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_id_for(tokenizer)
     prompt_ids = encode_prompts(tokenizer, [p["prompt"] for p in pairs])
-    chosen = [_encode_response(tokenizer, p["chosen"], eos) for p in pairs]
-    rejected = [_encode_response(tokenizer, p["rejected"], eos) for p in pairs]
+    chosen = [encode(tokenizer, p["chosen"]) + [eos] for p in pairs]
+    rejected = [encode(tokenizer, p["rejected"]) + [eos] for p in pairs]
     lw = sequence_logps(model, prompt_ids, chosen, pad_token_id=pad, batch_size=batch_size)
     ll = sequence_logps(model, prompt_ids, rejected, pad_token_id=pad, batch_size=batch_size)
     return {

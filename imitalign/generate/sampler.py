@@ -38,6 +38,9 @@ from torch import Tensor, nn
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
+from imitalign.data.collate import collate_prompts
+from imitalign.data.tokenize import TokenizedPrompt
+
 
 @dataclass
 class Sample:
@@ -203,13 +206,8 @@ def sample(
     out: dict[tuple[int, int], Sample] = {}
     try:
         for batch in batches:
-            width = max(len(prompt_ids[i]) for i, _ in batch)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, (i, _) in enumerate(batch):
-                ids = list(prompt_ids[i])
-                input_ids[r, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-                attention[r, width - len(ids) :] = 1
+            prompts = collate_prompts([TokenizedPrompt(list(prompt_ids[i]), "") for i, _ in batch], pad)
+            width = prompts["input_ids"].shape[1]
             recorder = _Recorder()
             processors: list[LogitsProcessor] = [recorder]
             if temperature > 0:
@@ -219,8 +217,8 @@ def sample(
                     processors.append(TopPLogitsWarper(top_p))
                 processors.append(_GumbelNoise([row_seed(seed, names[i], j) for i, j in batch]))
             sequences = model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
+                input_ids=prompts["input_ids"].to(device),
+                attention_mask=prompts["attention_mask"].to(device),
                 generation_config=gen_config,
                 logits_processor=LogitsProcessorList(processors),
             )

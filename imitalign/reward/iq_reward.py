@@ -27,11 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from imitalign.model.logprobs import LogProbs
+from imitalign.model.logprobs import LogProbs, batch_logprobs
 from imitalign.objectives.token import implicit_token_rewards
 from imitalign.reward.base import RewardConfig, RewardError, register_reward_kind
 from imitalign.reward.closed_form import require_causal_lm
-from imitalign.reward.models import _causal, _TokenizingSource
+from imitalign.reward.models import TokenizingSource, load_scoring_lm
 
 
 def recovered_reward(lp: LogProbs, gamma: float = 1.0, *, length_normalize: bool = False) -> Tensor:
@@ -48,7 +48,7 @@ def recovered_reward(lp: LogProbs, gamma: float = 1.0, *, length_normalize: bool
     return total
 
 
-class IQReward(_TokenizingSource):
+class IQReward(TokenizingSource):
     """``r(x, y) = β·Σ_t [log π(a_t|s_t) + V(s_t) − γV(s_{t+1})]`` of a trained policy (module docstring)."""
 
     def __init__(self, cfg: RewardConfig) -> None:
@@ -62,14 +62,10 @@ class IQReward(_TokenizingSource):
             raise RewardError(f"reward kind 'iqlearn': options.gamma must be in [0, 1], got {self.gamma}")
         require_causal_lm(cfg.path, "reward.path", "iqlearn")
         super().__init__(cfg, cfg.path)
-        self.policy = _causal(cfg.path, cfg.dtype, self.device)
+        self.policy = load_scoring_lm(cfg.path, cfg.dtype, self.device)
 
     def _score_items(self, items: list) -> list[float]:
-        from imitalign.data.collate import collate_demos
-        from imitalign.model.logprobs import batch_logprobs
-
-        batch = {k: v.to(self.device) for k, v in collate_demos(items, self.pad_id).items()}
-        lp = batch_logprobs(self.policy, batch, with_values=True)
+        lp = batch_logprobs(self.policy, self.collate(items), with_values=True)
         reward = recovered_reward(lp, self.gamma, length_normalize=self.cfg.length_normalize)
         return (self.cfg.beta * reward.float()).cpu().tolist()
 

@@ -29,6 +29,7 @@ from imitalign.reward.base import RewardConfig, RewardError, register_reward_kin
 
 
 def resolve_device(name: str) -> torch.device:
+    """``"auto"``: the GPU when there is one, else the CPU; any other name as ``torch.device`` reads it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -74,8 +75,11 @@ def _batches(items: Sequence[TokenizedDemo], batch_size: int) -> list[list[int]]
     return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
-class _TokenizingSource:
-    """Shared: tokenizer, renderer, device, batching."""
+class TokenizingSource:
+    """Base of the model-based reward sources: loads the tokenizer of ``tokenizer_source`` and the renderer of
+    ``cfg`` (``chat_template``, ``system_prompt``), resolves ``cfg.device``, and implements ``score`` —
+    rows tokenised as in training (:func:`tokenize_rows`), sorted by length, scored ``cfg.batch_size`` at a
+    time by ``_score_items`` (which a subclass defines), returned in row order."""
 
     def __init__(self, cfg: RewardConfig, tokenizer_source: str) -> None:
         from imitalign.model.load import load_tokenizer
@@ -86,6 +90,10 @@ class _TokenizingSource:
         self.tokenizer = load_tokenizer(ModelConfig(name_or_path=tokenizer_source))
         self.renderer = Renderer(self.tokenizer, cfg.chat_template, cfg.system_prompt)
         self.pad_id = pad_id_for(self.tokenizer)
+
+    def collate(self, items: list[TokenizedDemo]) -> dict[str, torch.Tensor]:
+        """A right-padded batch of ``items`` (:func:`imitalign.data.collate.collate_demos`) on ``self.device``."""
+        return {k: v.to(self.device) for k, v in collate_demos(items, self.pad_id).items()}
 
     def _score_items(self, items: list[TokenizedDemo]) -> list[float]:
         raise NotImplementedError
@@ -100,7 +108,7 @@ class _TokenizingSource:
         return out
 
 
-class SequenceClassifierReward(_TokenizingSource):
+class SequenceClassifierReward(TokenizingSource):
     """``r(x, y) = s(x, y)`` of a saved sequence classifier (``bradley_terry`` or ``classifier`` training)."""
 
     def __init__(self, cfg: RewardConfig) -> None:
@@ -113,11 +121,13 @@ class SequenceClassifierReward(_TokenizingSource):
         self.model = ScoreModel(lm).to(self.device).eval()
 
     def _score_items(self, items: list[TokenizedDemo]) -> list[float]:
-        batch = collate_demos(items, self.pad_id)
-        return self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).tolist()
+        batch = self.collate(items)
+        return self.model(batch["input_ids"], batch["attention_mask"]).tolist()
 
 
-def _causal(path: str, dtype: str, device: torch.device) -> nn.Module:
+def load_scoring_lm(path: str, dtype: str, device: torch.device) -> nn.Module:
+    """A saved causal LM to score with (``AutoModelForCausalLM.from_pretrained``): ``dtype`` by name, moved to
+    ``device``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
     from imitalign.model.load import resolve_dtype
@@ -125,20 +135,20 @@ def _causal(path: str, dtype: str, device: torch.device) -> nn.Module:
     return AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(device).eval()
 
 
-class ImplicitReward(_TokenizingSource):
+class ImplicitReward(TokenizingSource):
     """``r(x, y) = β·(log π(y|x) − log π_ref(y|x))`` (÷ |y| with ``length_normalize``)."""
 
     def __init__(self, cfg: RewardConfig) -> None:
         if not cfg.path or not cfg.reference:
             raise RewardError("reward kind 'implicit' needs reward.path (the policy) and reward.reference (π_ref)")
         super().__init__(cfg, cfg.path)
-        self.policy = _causal(cfg.path, cfg.dtype, self.device)
-        self.reference = _causal(cfg.reference, cfg.dtype, self.device)
+        self.policy = load_scoring_lm(cfg.path, cfg.dtype, self.device)
+        self.reference = load_scoring_lm(cfg.reference, cfg.dtype, self.device)
 
     def _score_items(self, items: list[TokenizedDemo]) -> list[float]:
         from imitalign.model.logprobs import batch_logprobs
 
-        batch = {k: v.to(self.device) for k, v in collate_demos(items, self.pad_id).items()}
+        batch = self.collate(items)
         lp = batch_logprobs(self.policy, batch)
         ref = batch_logprobs(self.reference, batch)
         ratio = (lp.logps - ref.logps).float()
