@@ -54,7 +54,9 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     return tok
 
 
-def _config_from(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> Any:
+def config_from(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> Any:
+    """The ``transformers`` config of a model built from ``cfg.config`` (a dict, a JSON/YAML file, or a hub id /
+    folder whose config is read): vocabulary size and special token ids default to the tokenizer's."""
     spec = cfg.config
     if isinstance(spec, str):
         path = Path(spec)
@@ -76,19 +78,17 @@ def _config_from(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> Any:
     return AutoConfig.for_model(model_type, **spec)
 
 
-def load_causal_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) -> nn.Module:
-    """The policy network (before LoRA)."""
-    dtype = resolve_dtype(cfg.dtype)
+def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
+    """Keyword arguments of ``from_pretrained`` / ``from_config`` that come from the ``model`` section."""
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
-    if cfg.name_or_path is not None:
-        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype, **kwargs)
-    else:
-        config = _config_from(cfg, tok)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.init_seed if cfg.init_seed is not None else seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    return kwargs
+
+
+def check_tokenizer_fit(model: nn.Module, tok: PreTrainedTokenizerBase) -> None:
+    """Give the model the tokenizer's pad id when it has none; a ``ValueError`` when the tokenizer has more
+    tokens than the model's embedding (they do not belong together)."""
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     if len(tok) > model.get_input_embeddings().weight.shape[0]:
@@ -96,32 +96,58 @@ def load_causal_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) ->
             f"the tokenizer has {len(tok)} tokens but the model's embedding has "
             f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together"
         )
+
+
+def load_causal_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) -> nn.Module:
+    """The policy network (before LoRA)."""
+    dtype = resolve_dtype(cfg.dtype)
+    kwargs = model_kwargs(cfg)
+    if cfg.name_or_path is not None:
+        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype, **kwargs)
+    else:
+        config = config_from(cfg, tok)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.init_seed if cfg.init_seed is not None else seed)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    check_tokenizer_fit(model, tok)
     return model
 
 
-def apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+def lora_config(cfg: ModelConfig, task_type: str, **extra: Any) -> Any:
+    """``peft.LoraConfig`` of the ``model.lora`` section for ``task_type`` (``CAUSAL_LM``, ``SEQ_CLS``)."""
+    from peft import LoraConfig
 
     assert cfg.lora is not None
-    lora = LoraConfig(
+    return LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
+        **extra,
     )
-    return get_peft_model(model, lora)
+
+
+def apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
+    from peft import get_peft_model
+
+    return get_peft_model(model, lora_config(cfg, "CAUSAL_LM"))
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant activation checkpointing, and no KV cache (it is of no use in training)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
 
 
 def load_policy(cfg: ModelConfig, seed: int) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     tok = load_tokenizer(cfg)
     model = load_causal_lm(cfg, tok, seed)
     if cfg.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
+        enable_gradient_checkpointing(model)
     if cfg.lora is not None:
         if cfg.gradient_checkpointing:
             model.enable_input_require_grads()

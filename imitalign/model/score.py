@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from transformers import AutoModelForSequenceClassification, PreTrainedTokenizerBase
 
 from imitalign.config import ModelConfig
-from imitalign.model.load import _config_from, load_tokenizer, resolve_dtype
+from imitalign.model.load import (
+    check_tokenizer_fit,
+    config_from,
+    enable_gradient_checkpointing,
+    load_tokenizer,
+    lora_config,
+    model_kwargs,
+    resolve_dtype,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +84,11 @@ class ScoreModel(nn.Module):
 
 
 def _apply_lora(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    assert cfg.lora is not None
     head = next(n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Module))
-    lora = LoraConfig(
-        r=cfg.lora.r,
-        lora_alpha=cfg.lora.alpha,
-        lora_dropout=cfg.lora.dropout,
-        target_modules=cfg.lora.target_modules,
-        task_type="SEQ_CLS",
-        modules_to_save=[head],  # the fresh head trains in full
-    )
-    return get_peft_model(model, lora)
+    # the fresh head trains in full
+    return get_peft_model(model, lora_config(cfg, "SEQ_CLS", modules_to_save=[head]))
 
 
 def load_score_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) -> nn.Module:
@@ -96,25 +96,17 @@ def load_score_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) -> 
     or a causal-LM folder whose backbone is kept and whose head is initialised from ``model.init_seed`` /
     ``seed``), or built from ``cfg.config`` (weights from the seed) — as :func:`imitalign.model.load.load_causal_lm`."""
     dtype = resolve_dtype(cfg.dtype)
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code, "num_labels": 1}
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    kwargs = {**model_kwargs(cfg), "num_labels": 1}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed if cfg.init_seed is not None else seed)
         if cfg.name_or_path is not None:
             model = AutoModelForSequenceClassification.from_pretrained(cfg.name_or_path, dtype=dtype, **kwargs)
         else:
-            config = _config_from(cfg, tok)
+            config = config_from(cfg, tok)
             config.num_labels = 1
             kwargs.pop("num_labels")
             model = AutoModelForSequenceClassification.from_config(config, dtype=dtype, **kwargs)
-    if model.config.pad_token_id is None:
-        model.config.pad_token_id = tok.pad_token_id
-    if len(tok) > model.get_input_embeddings().weight.shape[0]:
-        raise ValueError(
-            f"the tokenizer has {len(tok)} tokens but the model's embedding has "
-            f"{model.get_input_embeddings().weight.shape[0]}: they do not belong together"
-        )
+    check_tokenizer_fit(model, tok)
     return model
 
 
@@ -124,8 +116,7 @@ def load_score_model(cfg: ModelConfig, seed: int) -> tuple[ScoreModel, PreTraine
     tok = load_tokenizer(cfg)
     lm = load_score_lm(cfg, tok, seed)
     if cfg.gradient_checkpointing:
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        lm.config.use_cache = False
+        enable_gradient_checkpointing(lm)
     if cfg.lora is not None:
         if cfg.gradient_checkpointing:
             lm.enable_input_require_grads()
