@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -195,24 +195,42 @@ def format_validation_error(err: ValidationError, source: str, schema: type[Base
     return "\n".join(lines)
 
 
+def read_yaml_mapping(path: str | Path, sections: str = "run, model, data, ...") -> dict[str, Any]:
+    """The top-level mapping of a YAML config file; a missing file, invalid YAML or a top level that is not a
+    mapping is a :class:`ConfigError` (``sections`` names the expected keys in that message)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections ({sections})")
+    return raw
+
+
+_Schema = TypeVar("_Schema", bound=BaseModel)
+
+
+def validate_config(
+    schema: type[_Schema], raw: dict[str, Any], overrides: list[str] | None = None, source: str = "<dict>"
+) -> _Schema:
+    """``raw`` (a shallow copy) with ``--set`` overrides applied, validated as ``schema``; a validation error
+    is a :class:`ConfigError` naming ``source`` and each bad field."""
+    raw = apply_overrides(dict(raw), overrides or [])
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, schema)) from None
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None, raw: dict | None = None) -> Config:
     """Read a YAML file (or a ready dict), apply ``--set`` overrides and validate."""
     source = str(path) if path is not None else "<dict>"
     if raw is None:
-        p = Path(path)  # type: ignore[arg-type]
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from e
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections (run, model, data, ...)")
-    raw = apply_overrides(dict(raw), overrides or [])
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+        raw = read_yaml_mapping(path)  # type: ignore[arg-type]
+    return validate_config(Config, raw, overrides, source)
 
 
 def dump_config(cfg: BaseModel, path: str | Path) -> None:

@@ -53,9 +53,9 @@ def evaluate(
     """Sample from a model and report gold/judge reward, win rates, KL, diversity, length and held-out
     likelihoods, with standard errors over prompts (METHODS.md §6)."""
     from imitalign.config import DataSource
+    from imitalign.data.jsonl import read_jsonl
     from imitalign.eval.evaluate import evaluate_model, format_table
     from imitalign.generate.kshot import load_prompt_set
-    from imitalign.gym.build import read_jsonl
     from imitalign.reward.base import load_reward, score_rows
 
     source = load_reward({"kind": reward, "path": reward_path, "function": reward_function})

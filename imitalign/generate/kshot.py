@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,10 +33,11 @@ from typing import Any
 
 from imitalign.config import DataSource
 from imitalign.data.dataset import read_records
+from imitalign.data.jsonl import read_jsonl, write_jsonl
 from imitalign.data.records import DataError
 from imitalign.data.templates import Renderer
 from imitalign.data.tokenize import tokenize_records
-from imitalign.generate.sampler import Sample, sample
+from imitalign.generate.sampler import Sample, sample, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,11 @@ class GenerationStats:
         }
 
 
-def _row_prompt(rec: Any) -> Any:
-    """The prompt as a file would hold it: a string for a single user turn, else the message list."""
-    if len(rec.prompt) == 1 and rec.prompt[0]["role"] == "user":
-        return rec.prompt[0]["content"]
-    return rec.prompt
+def prompt_value(messages: list[dict[str, str]]) -> Any:
+    """The prompt as a file would hold it: a single user turn as its string, anything else as the message list."""
+    if len(messages) == 1 and messages[0].get("role") == "user":
+        return messages[0]["content"]
+    return messages
 
 
 def load_prompt_set(
@@ -126,7 +126,7 @@ def load_prompt_set(
         if example is None or len(example.prompt_ids) > cap:
             out.dropped += 1
             continue
-        out.prompts.append(_row_prompt(rec))
+        out.prompts.append(prompt_value(rec.prompt))
         out.prompt_ids.append(list(example.prompt_ids))
         out.extras.append({k: v for k, v in rec.extra.items() if k not in RESERVED})
         out.sources.append(rec.source)
@@ -151,32 +151,18 @@ def shard(n: int, world: int, rank: int) -> list[int]:
 def rows_of(prompts: PromptSet, samples: Sequence[Sample], policy: str | None = None) -> list[dict[str, Any]]:
     """Sample rows (module docstring), in the order of ``samples``."""
     rows = []
-    for s in samples:
+    for s, sample_row in zip(samples, sample_rows(prompts.prompts, samples), strict=True):
         row = dict(prompts.extras[s.prompt_index])
-        row.update(
-            {
-                "prompt": prompts.prompts[s.prompt_index],
-                "response": s.text,
-                "sample_idx": s.sample_idx,
-                "n_tokens": s.n_tokens,
-                "logp": s.logp,
-                "finished": s.finished,
-                "prompt_index": s.prompt_index,
-            }
-        )
+        row.update(sample_row)
         if policy is not None:
             row["policy"] = policy
         rows.append(row)
     return rows
 
 
-def _write_atomic(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+def _shard_path(out: Path, rank: int, world: int) -> Path:
+    """Where process ``rank`` of ``world`` writes its rows (its stats go to the same name + ``.json``)."""
+    return out.with_name(f"{out.name}.shard{rank}-of-{world}")
 
 
 def check_k(rows: Sequence[dict[str, Any]], n_prompts: int, k: int, where: str = "samples") -> None:
@@ -313,23 +299,20 @@ def generate_k(
             progress=progress and state.is_main_process,
         )
     seconds = time.perf_counter() - t0
-    shard_path = out.with_name(f"{out.name}.shard{rank}-of-{world}")
-    _write_atomic(shard_path, rows_of(prompts, samples, policy))
-    shard_stats = out.with_name(f"{out.name}.shard{rank}-of-{world}.json")
-    shard_stats.write_text(json.dumps({"tokens": sum(s.n_tokens for s in samples), "seconds": seconds}))
+    shard_path = _shard_path(out, rank, world)
+    write_jsonl(shard_path, rows_of(prompts, samples, policy))
+    Path(f"{shard_path}.json").write_text(json.dumps({"tokens": sum(s.n_tokens for s in samples), "seconds": seconds}))
     state.wait_for_everyone()
     stats = GenerationStats(prompts=len(prompts), samples=len(prompts) * k, processes=world, backend=backend)
     if state.is_main_process:
         rows: list[dict[str, Any]] = []
         for r in range(world):
-            part = out.with_name(f"{out.name}.shard{r}-of-{world}")
-            with part.open(encoding="utf-8") as f:
-                rows += [json.loads(line) for line in f if line.strip()]
+            rows += read_jsonl(_shard_path(out, r, world))
         rows.sort(key=lambda row: (row["prompt_index"], row["sample_idx"]))
         check_k(rows, len(prompts), k, where=str(out))
-        _write_atomic(out, rows)
+        write_jsonl(out, rows)
         for r in range(world):
-            part = out.with_name(f"{out.name}.shard{r}-of-{world}")
+            part = _shard_path(out, r, world)
             meta = json.loads(Path(f"{part}.json").read_text())
             stats.tokens += meta["tokens"]
             stats.seconds = max(stats.seconds, meta["seconds"])

@@ -26,8 +26,6 @@ keep that EOS and nothing after it; ``finished`` is False for rows cut by ``max_
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from imitalign.data.collate import collate_prompts
+from imitalign.data.jsonl import write_jsonl
 from imitalign.data.tokenize import TokenizedPrompt
 
 
@@ -265,11 +264,4 @@ def sample_rows(prompts: Sequence[Any], samples: Sequence[Sample]) -> list[dict[
 
 def write_samples_jsonl(path: str | Path, prompts: Sequence[Any], samples: Sequence[Sample]) -> Path:
     """Write :func:`sample_rows` as JSONL (atomically: a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in sample_rows(prompts, samples):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_jsonl(path, sample_rows(prompts, samples))

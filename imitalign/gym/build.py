@@ -48,6 +48,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imitalign.data.jsonl import read_jsonl, write_jsonl  # noqa: F401 (read_jsonl: re-exported for callers)
 from imitalign.gym.task import (
     TOPICS,
     all_prompts,
@@ -168,24 +169,6 @@ def prompt_rows(config: GymConfig, split: str) -> list[dict[str, str]]:
     if split not in sizes:
         raise ValueError(f"unknown prompt split {split!r} (eval, online, pref)")
     return [{"prompt": p} for p in _draw(heldout if split == "eval" else train, sizes[split], rng)]
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write rows as JSON lines, atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """The rows of a JSONL file (blank lines skipped)."""
-    with Path(path).open(encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 @dataclass(frozen=True)

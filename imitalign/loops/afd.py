@@ -41,10 +41,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from imitalign.config import ConfigError, DataSource, apply_overrides, format_validation_error
-from imitalign.loops.bon import SamplingConfig, draw, model_id, prompt_value
+from imitalign.config import ConfigError, DataSource, read_yaml_mapping, validate_config
+from imitalign.generate.kshot import prompt_value
+from imitalign.loops.bon import SamplingConfig, draw, model_id
 from imitalign.reward.discriminator import META_FILE, MODES
 
 Mode = Literal["init_sft", "init_demo", "sft_demo"]
@@ -88,15 +89,8 @@ def load_afd_config(path: str | Path | None, overrides: list[str] | None = None,
     """Read a YAML AfD config (or a dict), apply ``--set`` overrides and validate (clear errors)."""
     source = str(path) if path is not None else "<dict>"
     if raw is None:
-        p = Path(str(path))
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        raw = yaml.safe_load(p.read_text()) or {}
-    raw = apply_overrides(dict(raw), overrides or [])
-    try:
-        return AfdConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, AfdConfig)) from None
+        raw = read_yaml_mapping(str(path), "demos, init_model, modes, ...")
+    return validate_config(AfdConfig, raw, overrides, source)
 
 
 def _say(msg: str) -> None:

@@ -30,8 +30,9 @@ from typing import Any
 
 import torch
 
+from imitalign.data.jsonl import read_jsonl, write_jsonl
 from imitalign.eval.metrics import mean_se
-from imitalign.gym.build import GymConfig, GymFiles, build_gym, gym_dir, read_jsonl
+from imitalign.gym.build import GymConfig, GymFiles, build_gym, gym_dir
 from imitalign.gym.task import STYLE, expert_response, stylize
 from imitalign.gym.tokenizer import tiny_llama_config
 from imitalign.loops.afd import AfdConfig, TrainSpec, run_afd, run_config
@@ -371,7 +372,6 @@ def sample_prompts(model: str, prompts_file: Path, n: int, seed: int, plan: GymP
 
 # ------------------------------------------------------------------------------------------ experiment 3
 def _write_demo_rows(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    from imitalign.gym.build import write_jsonl
 
     return write_jsonl(path, [{"prompt": r["prompt"], "response": r["response"]} for r in rows])
 
@@ -468,7 +468,6 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
     winners_path = _write_demo_rows(work / "winners.jsonl", winners)
     scored = [{**r, "score": r["scores"][name]} for r in rows]
     pairs, stats = make_pairs(scored, mode="max_min", tie_eps=1e-6, seed=seed)
-    from imitalign.gym.build import write_jsonl
 
     pairs_path = write_jsonl(work / "best_vs_worst.jsonl", pairs)
     _say(f"distillation data: {len(winners)} winners, {stats.summary()}")
@@ -707,7 +706,7 @@ def exp_iqlearn(
             _write_demo_rows(own_path, [r for r in own if r["response"].strip()])
         pool_path = work / "pool.jsonl"
         if not pool_path.is_file():  # 8 π_init samples per held-out prompt, with their gold reward
-            from imitalign.gym.build import gold_rewards, write_jsonl
+            from imitalign.gym.build import gold_rewards
 
             pool = sample_prompts(b.init, b.files.eval_prompts, 8, seed + 41, plan)
             for r, g in zip(pool, gold_rewards(pool), strict=True):

@@ -39,10 +39,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from imitalign.config import ConfigError, DataSource, apply_overrides, format_validation_error
+from imitalign.config import ConfigError, DataSource, read_yaml_mapping, validate_config
+from imitalign.data.jsonl import read_jsonl, write_jsonl
 from imitalign.eval.metrics import mean_se
 from imitalign.reward.base import RewardConfig, RewardSource, load_reward, score_rows
 
@@ -110,15 +110,8 @@ def load_bon_config(path: str | Path | None, overrides: list[str] | None = None,
     """Read a YAML best-of-N config (or a dict), apply ``--set`` overrides and validate (clear errors)."""
     source = str(path) if path is not None else "<dict>"
     if raw is None:
-        p = Path(str(path))
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        raw = yaml.safe_load(p.read_text()) or {}
-    raw = apply_overrides(dict(raw), overrides or [])
-    try:
-        return BonConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, BonConfig)) from None
+        raw = read_yaml_mapping(str(path), "model, prompts, rewards, ...")
+    return validate_config(BonConfig, raw, overrides, source)
 
 
 # ------------------------------------------------------------------------------------------ selection
@@ -233,13 +226,6 @@ def load_prompts(cfg: BonConfig, tokenizer: Any) -> tuple[list[Any], list[list[i
     return list(ps.prompts), [list(ids) for ids in ps.prompt_ids]
 
 
-def prompt_value(messages: list[dict[str, str]]) -> Any:
-    """A single user turn as its string, anything else as the message list."""
-    if len(messages) == 1 and messages[0].get("role") == "user":
-        return messages[0]["content"]
-    return messages
-
-
 def draw(
     model_path: str,
     prompts: Sequence[Any],
@@ -296,12 +282,10 @@ def _read_cached(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
         return None
     if json.loads(meta.read_text()).get("fingerprint") != fingerprint:
         return None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]], fingerprint: str | None = None) -> None:
-    from imitalign.gym.build import write_jsonl
-
     write_jsonl(path, rows)
     if fingerprint is not None:
         path.with_suffix(".meta.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")

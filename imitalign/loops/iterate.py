@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imitalign import objectives
 from imitalign.config import (
@@ -58,8 +58,9 @@ from imitalign.config import (
     ObjectiveConfig,
     RunConfig,
     apply_overrides,
-    format_validation_error,
     load_config,
+    read_yaml_mapping,
+    validate_config,
 )
 from imitalign.loops.pairs import MODES, SELF_PLAY, demo_lookup, make_pairs, self_play_pairs
 from imitalign.loops.rejection import ACCEPTANCE, accept, incremental_etas
@@ -239,25 +240,14 @@ def _substitute(raw: Any, values: dict[str, str]) -> Any:
 
 
 def parse_iterate_config(raw: dict[str, Any], source: str = "<dict>") -> IterateConfig:
-    try:
-        return IterateConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, IterateConfig)) from None
+    """Validate a config dict (placeholders already substituted) as an :class:`IterateConfig`."""
+    return validate_config(IterateConfig, raw, source=source)
 
 
 def read_iterate_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """The raw (placeholder-bearing) config dict of a YAML file with ``--set`` overrides, validated."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping (run, policy, prompts, reward, ...)")
-    raw = apply_overrides(raw, overrides or [])
-    parse_iterate_config(raw, str(p))  # fail on a bad config before any gym or model work
+    raw = apply_overrides(read_yaml_mapping(path, "run, policy, prompts, reward, ..."), overrides or [])
+    parse_iterate_config(raw, str(path))  # fail on a bad config before any gym or model work
     return raw
 
 

@@ -10,11 +10,11 @@ is an error, not a silent loss of rows (the public code of the paper dropped eve
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from imitalign.data.jsonl import write_jsonl
 from imitalign.generate.kshot import check_k
 from imitalign.reward.base import RewardSource, score_rows
 
@@ -40,15 +40,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 
 def write_rows(path: str | Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write JSONL atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    """Write JSONL atomically (:func:`imitalign.data.jsonl.write_jsonl`)."""
+    return write_jsonl(path, rows)
 
 
 def check_samples(rows: Sequence[dict[str, Any]], k: int | None, where: str = "samples") -> None:
