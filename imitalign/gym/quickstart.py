@@ -38,7 +38,7 @@ from imitalign.gym.build import (
     write_jsonl,
 )
 from imitalign.gym.tokenizer import tiny_llama_config
-from imitalign.loops.stages import train_or_reuse  # noqa: F401 - re-exported (imitalign.loops.afd uses it)
+from imitalign.loops.stages import train_or_reuse
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,12 @@ def _say(msg: str) -> None:
     print(f"[quickstart] {msg}", flush=True)
 
 
-def _train_cfg(
+def gym_run_config(
     out: Path, model: dict[str, Any], data: dict[str, Any], objective: str, options: dict, train_kw: dict, seed: int
 ) -> Config:
+    """The run config of one training stage on the gym (also used by the AfD and online loops): output in
+    ``out``, plain-text rendering at ``max_length`` 96 unless ``data`` says otherwise, cosine schedule with
+    10 % warm-up, gradient clipping 1.0, ``THREADS`` intra-op threads; ``train_kw`` overrides the train section."""
     raw = {
         "run": {"output_dir": str(out), "seed": seed},
         "model": model,
@@ -194,7 +197,7 @@ def prepare_base(root: Path, plan: Plan, seed: int) -> GymBase:
     model_from_config = {"config": plan.model, "tokenizer": str(files.tokenizer)}
 
     t = time.perf_counter()
-    sft_cfg = _train_cfg(
+    sft_cfg = gym_run_config(
         work / "sft", model_from_config,
         {"train": {"path": str(files.sft), "format": "demonstration"}, "eval_fraction": 0.05},
         "mle", {}, {"lr": plan.sft_lr, "epochs": plan.sft_epochs, "batch_size": plan.sft_batch}, seed,
@@ -238,7 +241,7 @@ def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> 
         )
         lr = m.lr or (plan.pref_lr if m.data == "prefs" else plan.demo_lr)
         epochs = plan.pref_epochs if m.data == "prefs" else plan.demo_epochs
-        cfg = _train_cfg(
+        cfg = gym_run_config(
             work / m.objective, {"name_or_path": str(sft_dir)}, data, m.objective, m.options,
             {"lr": lr, "epochs": epochs, "batch_size": plan.batch, "eval_every": 10}, seed,
         )

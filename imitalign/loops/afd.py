@@ -46,6 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from imitalign.config import ConfigError, DataSource, read_yaml_mapping, validate_config
 from imitalign.generate.kshot import prompt_value
 from imitalign.loops.bon import SamplingConfig, draw, model_id
+from imitalign.loops.stages import read_cached_rows, settings_fingerprint, train_or_reuse, write_cached_rows
 from imitalign.reward.discriminator import META_FILE, MODES
 
 Mode = Literal["init_sft", "init_demo", "sft_demo"]
@@ -112,7 +113,7 @@ def run_config(
 ) -> Any:
     """A run config for one stage, built by the quickstart's helper (the same defaults: cosine, warm-up 0.1,
     clipping 1.0) with this pipeline's rendering."""
-    from imitalign.gym.quickstart import _train_cfg
+    from imitalign.gym.quickstart import gym_run_config
 
     train_kw: dict[str, Any] = {"lr": spec.lr, "epochs": spec.epochs, "batch_size": spec.batch_size}
     if spec.max_steps is not None:
@@ -122,7 +123,7 @@ def run_config(
     if spec.num_threads is not None:
         train_kw["num_threads"] = spec.num_threads
     data = {"chat_template": chat_template, "max_length": max_length, "system_prompt": system_prompt, **data}
-    return _train_cfg(out, model, data, objective, options or {}, train_kw, seed)
+    return gym_run_config(out, model, data, objective, options or {}, train_kw, seed)
 
 
 # ------------------------------------------------------------------------------------------ demonstrations
@@ -194,24 +195,27 @@ def _prompt_ids(cfg: AfdConfig, model_path: str, rows: list[dict[str, Any]]) -> 
 
 
 # ------------------------------------------------------------------------------------------ stages
-def sft_policy(cfg: AfdConfig, *, quiet: bool = False) -> str:
-    """π_SFT: ``cfg.sft_model``, or π_init fine-tuned on the demonstrations (MLE) in ``output_dir/sft``."""
-    if cfg.sft_model:
-        return cfg.sft_model
-    from imitalign.loops.stages import train_or_reuse
-
+def _train_stage(cfg: AfdConfig, name: str, data: dict[str, Any], objective: str, spec: TrainSpec) -> dict[str, Any]:
+    """Train (or reuse) ``objective`` from π_init on ``data`` in ``output_dir/<name>``; the run summary."""
     run = run_config(
-        Path(cfg.output_dir) / "sft",
+        Path(cfg.output_dir) / name,
         {"name_or_path": cfg.init_model},
-        {"train": cfg.demos.model_dump(), "eval_fraction": 0.0},
-        "mle",
-        cfg.sft,
+        data,
+        objective,
+        spec,
         cfg.seed,
         chat_template=cfg.chat_template,
         max_length=cfg.max_length,
         system_prompt=cfg.system_prompt,
     )
-    summary = train_or_reuse(run, say=_say)
+    return train_or_reuse(run, say=_say)
+
+
+def sft_policy(cfg: AfdConfig, *, quiet: bool = False) -> str:
+    """π_SFT: ``cfg.sft_model``, or π_init fine-tuned on the demonstrations (MLE) in ``output_dir/sft``."""
+    if cfg.sft_model:
+        return cfg.sft_model
+    summary = _train_stage(cfg, "sft", {"train": cfg.demos.model_dump(), "eval_fraction": 0.0}, "mle", cfg.sft)
     return str(summary["model_dir"])
 
 
@@ -220,9 +224,7 @@ def sample_class(
 ) -> list[dict[str, Any]]:
     """``samples_per_prompt`` samples of ``model_path`` for every demonstration row (prompt index = row index),
     written to ``path`` with each row's ``split``; reused when ``path`` holds them for the same setup."""
-    from imitalign.loops.bon import _fingerprint, _read_cached, _write_rows
-
-    fp = _fingerprint(
+    fp = settings_fingerprint(
         model=model_id(model_path),
         prompts=[r["prompt"] for r in rows],
         n=cfg.samples_per_prompt,
@@ -230,7 +232,7 @@ def sample_class(
         sampling=cfg.sampling.model_dump(),
         chat_template=cfg.chat_template,
     )
-    cached = _read_cached(path, fp)
+    cached = read_cached_rows(path, fp)
     if cached is not None:
         return cached
     samples = draw(
@@ -244,7 +246,7 @@ def sample_class(
     )
     for s in samples:
         s["split"] = rows[s["prompt_index"]]["split"]
-    _write_rows(path, samples, fp)
+    write_cached_rows(path, samples, fp)
     return samples
 
 
@@ -268,23 +270,10 @@ def labelled(
 def train_discriminator(cfg: AfdConfig, mode: str, files: dict[str, Path], *, quiet: bool = False) -> dict[str, Any]:
     """Train the ``mode`` discriminator (objective ``discriminator_bce``) on its class files; returns the run
     summary with ``model_dir``. Writes ``afd.json`` into the model folder."""
-    from imitalign.loops.stages import train_or_reuse
-
     data: dict[str, Any] = {"train": {"path": str(files["train"]), "format": "demonstration"}}
     if files.get("eval") is not None:
         data["eval"] = {"path": str(files["eval"]), "format": "demonstration"}
-    run = run_config(
-        Path(cfg.output_dir) / f"disc_{mode}",
-        {"name_or_path": cfg.init_model},
-        data,
-        "discriminator_bce",
-        cfg.discriminator,
-        cfg.seed,
-        chat_template=cfg.chat_template,
-        max_length=cfg.max_length,
-        system_prompt=cfg.system_prompt,
-    )
-    summary = train_or_reuse(run, say=_say)
+    summary = _train_stage(cfg, f"disc_{mode}", data, "discriminator_bce", cfg.discriminator)
     positive, negative = MODES[mode]
     meta = {
         "reward": "discriminator",
@@ -301,14 +290,12 @@ def train_discriminator(cfg: AfdConfig, mode: str, files: dict[str, Path], *, qu
 
 def run_afd(cfg: AfdConfig, *, progress: bool = False) -> dict[str, Any]:
     """Steps 1–5 of the module docstring; returns (and writes) the summary."""
-    from imitalign.loops.bon import _write_rows
-
     t0 = time.perf_counter()
     out = Path(cfg.output_dir)
     classes = out / "classes"
     classes.mkdir(parents=True, exist_ok=True)
     demos, demo_counts = read_demos(cfg)
-    _write_rows(classes / "demos.jsonl", demos)
+    write_cached_rows(classes / "demos.jsonl", demos)
     sft = sft_policy(cfg)
     need = {c for m in cfg.modes for c in MODES[m]}
     init_rows = (
@@ -332,7 +319,7 @@ def run_afd(cfg: AfdConfig, *, progress: bool = False) -> dict[str, Any]:
         for split, rows in parts.items():
             path = classes / mode / f"{split}.jsonl"
             if rows:
-                _write_rows(path, rows)
+                write_cached_rows(path, rows)
                 files[split] = path
             else:
                 files[split] = None

@@ -31,7 +31,6 @@ rescores without resampling.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -42,8 +41,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imitalign.config import ConfigError, DataSource, read_yaml_mapping, validate_config
-from imitalign.data.jsonl import read_jsonl, write_jsonl
 from imitalign.eval.metrics import mean_se
+from imitalign.loops.stages import model_fingerprint, read_cached_rows, settings_fingerprint, write_cached_rows
 from imitalign.reward.base import RewardConfig, RewardSource, load_reward, score_rows
 
 
@@ -264,31 +263,10 @@ def draw(
 def model_id(path: str) -> str:
     """A local model folder by the hash of its weights (a retrained folder is a different model), else the
     string itself (a hub id)."""
-    from imitalign.loops.stages import model_fingerprint
-
     try:
         return model_fingerprint(path) if Path(path).is_dir() else path
     except FileNotFoundError:
         return path
-
-
-def _fingerprint(**fields: Any) -> str:
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _read_cached(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
-    meta = path.with_suffix(".meta.json")
-    if not (path.is_file() and meta.is_file()):
-        return None
-    if json.loads(meta.read_text()).get("fingerprint") != fingerprint:
-        return None
-    return read_jsonl(path)
-
-
-def _write_rows(path: Path, rows: Sequence[dict[str, Any]], fingerprint: str | None = None) -> None:
-    write_jsonl(path, rows)
-    if fingerprint is not None:
-        path.with_suffix(".meta.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
 
 
 def candidates(cfg: BonConfig, *, progress: bool = False) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -301,17 +279,17 @@ def candidates(cfg: BonConfig, *, progress: bool = False) -> tuple[list[dict[str
     tok = load_tokenizer(ModelConfig(name_or_path=cfg.model))
     prompts, prompt_ids = load_prompts(cfg, tok)
     common = {"prompts": prompt_ids, "sampling": cfg.sampling.model_dump()}
-    fp = _fingerprint(model=model_id(cfg.model), n=cfg.n_max, seed=cfg.seed, **common)
-    rows = _read_cached(out / "samples.jsonl", fp)
+    fp = settings_fingerprint(model=model_id(cfg.model), n=cfg.n_max, seed=cfg.seed, **common)
+    rows = read_cached_rows(out / "samples.jsonl", fp)
     if rows is None:
         rows = draw(cfg.model, prompts, prompt_ids, cfg.n_max, cfg.seed, cfg.sampling, progress=progress)
-        _write_rows(out / "samples.jsonl", rows, fp)
+        write_cached_rows(out / "samples.jsonl", rows, fp)
     base_model = cfg.baseline_model or cfg.model
-    base_fp = _fingerprint(model=model_id(base_model), n=cfg.baseline_n, seed=cfg.seed + 7919, **common)
-    base = _read_cached(out / "baseline.jsonl", base_fp)
+    base_fp = settings_fingerprint(model=model_id(base_model), n=cfg.baseline_n, seed=cfg.seed + 7919, **common)
+    base = read_cached_rows(out / "baseline.jsonl", base_fp)
     if base is None:
         base = draw(base_model, prompts, prompt_ids, cfg.baseline_n, cfg.seed + 7919, cfg.sampling, progress=progress)
-        _write_rows(out / "baseline.jsonl", base, base_fp)
+        write_cached_rows(out / "baseline.jsonl", base, base_fp)
     return rows, base
 
 
@@ -343,7 +321,7 @@ def run_bon(
         r["gold"] = gold[i]
         r["scores"] = {name: s[i] for name, s in scores.items()}
     out = Path(cfg.output_dir)
-    _write_rows(out / "samples.scored.jsonl", rows)
+    write_cached_rows(out / "samples.scored.jsonl", rows)
     results = sweep(rows, scores, gold, baseline, cfg.grid(), extra=extra)
     summary = {
         "config": cfg.model_dump(mode="json"),

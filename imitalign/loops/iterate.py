@@ -254,7 +254,7 @@ def read_iterate_config(path: str | Path, overrides: list[str] | None = None) ->
 def prepare_gym(setup: GymSetup, need_rm: bool, say: Callable[[str], None]) -> dict[str, str]:
     """Gym, SFT model and offline pairs (``imitalign.gym.quickstart.prepare_base``), and a Bradley–Terry reward
     model trained on the offline pairs when ``need_rm``; returns the placeholder values."""
-    from imitalign.gym.quickstart import FAST, FULL, _train_cfg, prepare_base
+    from imitalign.gym.quickstart import FAST, FULL, gym_run_config, prepare_base
 
     plan = FAST if setup.plan == "fast" else FULL
     base = prepare_base(Path(setup.root), plan, setup.seed)
@@ -268,7 +268,7 @@ def prepare_gym(setup: GymSetup, need_rm: bool, say: Callable[[str], None]) -> d
         "tokenizer": str(base.files.tokenizer),
     }
     if need_rm:
-        rm_cfg = _train_cfg(
+        rm_cfg = gym_run_config(
             base.work / "reward_model",
             {"name_or_path": str(base.sft_dir)},
             {

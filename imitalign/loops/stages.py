@@ -13,13 +13,14 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from imitalign.config import Config
+from imitalign.data.jsonl import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,31 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def settings_fingerprint(**fields: Any) -> str:
+    """16 hex digits of the sha256 of ``fields`` as sorted JSON (non-JSON values by ``str``): what a cached
+    file was made from."""
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_cached_rows(path: Path, fingerprint: str) -> list[dict[str, Any]] | None:
+    """The rows of the JSONL file ``path`` when its ``.meta.json`` beside it holds ``fingerprint`` (it was made
+    from the same settings), else None."""
+    meta = path.with_suffix(".meta.json")
+    if not (path.is_file() and meta.is_file()):
+        return None
+    if json.loads(meta.read_text()).get("fingerprint") != fingerprint:
+        return None
+    return read_jsonl(path)
+
+
+def write_cached_rows(path: Path, rows: Sequence[dict[str, Any]], fingerprint: str | None = None) -> None:
+    """Write ``rows`` as JSONL (atomically) and, with ``fingerprint``, the ``.meta.json`` that
+    :func:`read_cached_rows` checks."""
+    write_jsonl(path, rows)
+    if fingerprint is not None:
+        path.with_suffix(".meta.json").write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
