@@ -31,270 +31,91 @@ A ``gym`` section builds (or reuses) the gym, its SFT model and offline pairs, a
 used — a Bradley–Terry reward model trained on those pairs; ``${gym.<name>}`` placeholders anywhere in the
 config are replaced by their paths (``sft``, ``online_prompts``, ``eval_prompts``, ``prefs``, ``eval_pairs``,
 ``rm``, ``tokenizer``, ``root``).
+
+This module holds the loop (preflight, stages, rounds); the config models and their reading are in
+:mod:`imitalign.loops.iterate_config`, the tables and report in :mod:`imitalign.loops.iterate_report` (their
+public names are importable from here too).
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
-import math
-import re
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from imitalign import objectives
-from imitalign.config import (
-    Config,
-    ConfigError,
-    DataSource,
-    ObjectiveConfig,
-    RunConfig,
-    apply_overrides,
-    load_config,
-    read_yaml_mapping,
-    validate_config,
+from imitalign.config import Config, ConfigError, load_config
+from imitalign.loops.iterate_config import (
+    EnhancerConfig,
+    EvalConfig,
+    GenerateConfig,
+    GymSetup,
+    IterateConfig,
+    PairsConfig,
+    PolicyTrainConfig,
+    PromptsConfig,
+    RejectionConfig,
+    parse_iterate_config,
+    prepare_gym,
+    read_iterate_config,
+    resolve_config,
 )
-from imitalign.loops.pairs import MODES, SELF_PLAY, demo_lookup, make_pairs, self_play_pairs
-from imitalign.loops.rejection import ACCEPTANCE, accept, incremental_etas
+from imitalign.loops.iterate_report import (
+    TABLE_COLUMNS,
+    TIMING_COLUMNS,
+    collect_rows,
+    plot_rounds,
+    round_table,
+    summarize_runs,
+    write_iterate_report,
+)
+from imitalign.loops.pairs import SELF_PLAY, demo_lookup, make_pairs, self_play_pairs
+from imitalign.loops.rejection import accept
 from imitalign.loops.scoring import check_samples, read_rows, write_rows
 from imitalign.loops.stages import model_fingerprint, read_json, train_or_reuse, write_json
-from imitalign.reward.base import RewardConfig, RewardError, RewardSource, load_reward, score_rows
+from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
 
 log = logging.getLogger(__name__)
+
+__all__ = [  # the config models and the report live in iterate_config.py / iterate_report.py; importable here
+    "TABLE_COLUMNS",
+    "TIMING_COLUMNS",
+    "EnhancerConfig",
+    "EvalConfig",
+    "GenerateConfig",
+    "GymSetup",
+    "Interrupted",
+    "IterateConfig",
+    "IterateResult",
+    "LoopError",
+    "PairsConfig",
+    "PolicyTrainConfig",
+    "Preflight",
+    "PromptsConfig",
+    "RejectionConfig",
+    "collect_rows",
+    "parse_iterate_config",
+    "plot_rounds",
+    "preflight",
+    "prepare_gym",
+    "read_iterate_config",
+    "resolve_config",
+    "round_table",
+    "run_iterate",
+    "summarize_runs",
+    "train_config",
+    "write_iterate_report",
+]
 
 
 class LoopError(ValueError):
     """A round cannot go on (no pairs, nothing accepted); the message says which round and why."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-
-class EnhancerConfig(_Strict):
-    """A share of each prompt's K samples from another sampler, for exploration (Xiong et al.'s "enhancer")."""
-
-    fraction: float = Field(0.25, gt=0.0, lt=1.0)  # of the K samples; round(fraction·K) ≥ 1 of them
-    policy: Literal["initial", "current"] = "initial"  # π_0 or π_{t−1}
-    temperature: float | None = None  # default: generate.temperature
-
-
-class GenerateConfig(_Strict):
-    k: int = Field(4, ge=1)  # samples per prompt (≥ 2 to pair samples; self-play pairs each with a demonstration)
-    temperature: float = Field(1.0, ge=0.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(64, ge=1)
-    batch_size: int = Field(32, ge=1)
-    backend: Literal["transformers", "vllm", "auto"] = "transformers"
-    dtype: str = "auto"
-    enhancer: EnhancerConfig | None = None
-
-
-class PromptsConfig(_Strict):
-    source: DataSource
-    per_round: int = Field(ge=1)
-    fresh: bool = True  # a new slice every round; false: the same prompts every round
-    shuffle: bool = True  # a seeded permutation of the prompt set before slicing
-
-
-class PairsConfig(_Strict):
-    mode: str = "max_min"
-    length_penalty: float = 0.0  # score − α·tokens
-    tie_eps: float = Field(1e-6, ge=0.0)
-    # self_play (SPIN/GSIL): chosen = the prompt's demonstration from this file, rejected = the policy's sample
-    demos: DataSource | None = None
-
-    @model_validator(mode="after")
-    def _mode(self) -> PairsConfig:
-        if self.mode not in (*MODES, SELF_PLAY):
-            raise ValueError(f"pairs.mode must be one of {', '.join((*MODES, SELF_PLAY))}, got {self.mode!r}")
-        if (self.mode == SELF_PLAY) != (self.demos is not None):
-            raise ValueError("pairs.demos (a demonstration file) goes with pairs.mode self_play, and only with it")
-        return self
-
-
-class RejectionConfig(_Strict):
-    """Multi-step rejection sampling: step t accepts toward π_0·exp(r/η_t) (``imitalign.loops.rejection``)."""
-
-    etas: list[float] = Field(min_length=1)  # η_1 > … > η_N
-    acceptance: str = "statistical"  # statistical | best_of_n
-    incremental: bool = True
-    form: Literal["sft", "rso"] = "sft"
-
-    @model_validator(mode="after")
-    def _check(self) -> RejectionConfig:
-        if self.acceptance not in ACCEPTANCE:
-            raise ValueError(f"rejection.acceptance must be one of {', '.join(ACCEPTANCE)}")
-        if self.incremental and self.acceptance == "statistical":
-            incremental_etas(self.etas)  # raises on a non-decreasing schedule
-        elif any(not e > 0 for e in self.etas):
-            raise ValueError("every rejection.etas entry must be > 0")
-        if self.form == "rso" and self.acceptance == "best_of_n":
-            raise ValueError(
-                "rejection.form rso pairs accepted samples; best_of_n accepts one per prompt — use "
-                "acceptance statistical (or form sft)"
-            )
-        return self
-
-    def step_eta(self, t: int) -> float:
-        return incremental_etas(self.etas)[t - 1] if self.incremental else self.etas[t - 1]
-
-
-class PolicyTrainConfig(_Strict):
-    """How each round trains: the objective and the sections of an ``imitalign train`` config (model and data
-    paths are filled in per round)."""
-
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
-    train: dict[str, Any] = Field(default_factory=dict)  # TrainConfig fields
-    data: dict[str, Any] = Field(default_factory=dict)  # chat_template, max_length, eval_fraction, ...
-    model: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields but name_or_path (dtype, lora, ...)
-    reference: dict[str, Any] = Field(default_factory=dict)  # ReferenceConfig fields but name_or_path
-
-
-class EvalConfig(_Strict):
-    prompts: DataSource
-    n: int = Field(4, ge=1)
-    max_new_tokens: int | None = None  # default: generate.max_new_tokens
-    temperature: float = 1.0
-    reward: RewardConfig | None = None  # default: the loop's reward
-    pairs: str | None = None  # held-out preference pairs: log-likelihood diagnostics
-    seed: int = 1234
-    batch_size: int = 64
-
-
-class GymSetup(_Strict):
-    plan: Literal["fast", "full"] = "fast"
-    root: str = "runs/gym_base"
-    seed: int = 0
-    rm_epochs: float = 2.0
-    rm_lr: float = 1e-3
-
-
-class IterateConfig(_Strict):
-    run: RunConfig = Field(default_factory=RunConfig)
-    policy: str  # π_0: a model folder or hub id
-    rounds: int = Field(3, ge=1)
-    prompts: PromptsConfig | None = None  # required unless offline
-    generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    reward: RewardConfig | None = None  # required unless offline
-    offline: DataSource | None = None  # the offline baseline: one round of training on this preference file
-    pairs: PairsConfig = Field(default_factory=PairsConfig)
-    rejection: RejectionConfig | None = None
-    train: PolicyTrainConfig = Field(default_factory=PolicyTrainConfig)
-    reference: Literal["initial", "previous"] = "initial"
-    start: Literal["warm", "retrain_union"] = "warm"
-    eval: EvalConfig | None = None
-    gym: GymSetup | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> IterateConfig:
-        if self.offline is not None:
-            if self.rounds != 1 or self.rejection is not None:
-                raise ValueError("offline (training on a fixed preference file) is one round, without rejection")
-            if self.eval is None or (self.eval.reward is None and self.reward is None):
-                raise ValueError("offline runs need an eval section with a reward (eval.reward)")
-        elif self.prompts is None or self.reward is None:
-            raise ValueError("prompts and reward are required (unless offline: a fixed preference file)")
-        if self.generate.k < 2 and self.pairs.mode != SELF_PLAY:
-            raise ValueError(
-                f"generate.k must be >= 2 to pair samples (got {self.generate.k}); only self_play "
-                "pairing works from one sample per prompt"
-            )
-        if self.rejection is not None and len(self.rejection.etas) != self.rounds:
-            raise ValueError(
-                f"rejection.etas has {len(self.rejection.etas)} entries for {self.rounds} rounds: give one η per round"
-            )
-        return self
-
-
-# ------------------------------------------------------------------------------------------ config I/O
-_PLACEHOLDER = re.compile(r"\$\{gym\.([a-z_]+)\}")
-
-
-def _uses(raw: Any, name: str) -> bool:
-    return f"${{gym.{name}}}" in json.dumps(raw)
-
-
-def _substitute(raw: Any, values: dict[str, str]) -> Any:
-    if isinstance(raw, dict):
-        return {k: _substitute(v, values) for k, v in raw.items()}
-    if isinstance(raw, list):
-        return [_substitute(v, values) for v in raw]
-    if isinstance(raw, str):
-
-        def sub(m: re.Match[str]) -> str:
-            if m.group(1) not in values:
-                raise ConfigError(f"unknown placeholder {m.group(0)}; known: {', '.join(sorted(values))}")
-            return values[m.group(1)]
-
-        return _PLACEHOLDER.sub(sub, raw)
-    return raw
-
-
-def parse_iterate_config(raw: dict[str, Any], source: str = "<dict>") -> IterateConfig:
-    """Validate a config dict (placeholders already substituted) as an :class:`IterateConfig`."""
-    return validate_config(IterateConfig, raw, source=source)
-
-
-def read_iterate_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
-    """The raw (placeholder-bearing) config dict of a YAML file with ``--set`` overrides, validated."""
-    raw = apply_overrides(read_yaml_mapping(path, "run, policy, prompts, reward, ..."), overrides or [])
-    parse_iterate_config(raw, str(path))  # fail on a bad config before any gym or model work
-    return raw
-
-
-def prepare_gym(setup: GymSetup, need_rm: bool, say: Callable[[str], None]) -> dict[str, str]:
-    """Gym, SFT model and offline pairs (``imitalign.gym.quickstart.prepare_base``), and a Bradley–Terry reward
-    model trained on the offline pairs when ``need_rm``; returns the placeholder values."""
-    from imitalign.gym.quickstart import FAST, FULL, gym_run_config, prepare_base
-
-    plan = FAST if setup.plan == "fast" else FULL
-    base = prepare_base(Path(setup.root), plan, setup.seed)
-    values = {
-        "root": str(base.files.root),
-        "sft": str(base.sft_dir),
-        "online_prompts": str(base.files.online_prompts),
-        "eval_prompts": str(base.files.eval_prompts),
-        "prefs": str(base.prefs),
-        "eval_pairs": str(base.eval_pairs),
-        "tokenizer": str(base.files.tokenizer),
-    }
-    if need_rm:
-        rm_cfg = gym_run_config(
-            base.work / "reward_model",
-            {"name_or_path": str(base.sft_dir)},
-            {
-                "train": {"path": str(base.prefs), "format": "preference"},
-                "eval": {"path": str(base.eval_pairs), "format": "preference"},
-            },
-            "bradley_terry",
-            {},
-            {"lr": setup.rm_lr, "epochs": setup.rm_epochs, "batch_size": plan.batch, "eval_every": 20},
-            setup.seed,
-        )
-        summary = train_or_reuse(rm_cfg, say=say)
-        say(f"reward model: held-out pairwise accuracy {summary['eval'].get('accuracy', math.nan):.3f}")
-        values["rm"] = summary["model_dir"]
-    return values
-
-
-def resolve_config(raw: dict[str, Any], source: str = "<dict>", say: Callable[[str], None] = print) -> IterateConfig:
-    """Validate ``raw``; with a ``gym`` section, build the gym pieces and substitute ``${gym.*}``."""
-    cfg = parse_iterate_config(raw, source)
-    if cfg.gym is not None:
-        values = prepare_gym(cfg.gym, _uses(raw, "rm"), say)
-        cfg = parse_iterate_config(_substitute(copy.deepcopy(raw), values), source)
-    elif _PLACEHOLDER.search(json.dumps(raw)):
-        raise ConfigError(f"{source}: ${{gym.*}} placeholders need a gym section")
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------ the loop
@@ -831,195 +652,3 @@ def run_iterate(
     report = write_iterate_report(root, cfg, rows, table)
     say("\n" + table)
     return IterateResult(root, rows, table, report, ran)
-
-
-# ------------------------------------------------------------------------------------------ table, report
-def collect_rows(root: Path, rounds: int) -> list[dict[str, Any]]:
-    """One dict per round (0 = π_0) from the round folders' JSON files."""
-    out = []
-    for t in range(0, rounds + 1):
-        rd = root / f"round_{t}"
-        row: dict[str, Any] = {"round": t}
-        if (rd / "eval.json").exists():
-            ev = read_json(rd / "eval.json")
-            for key in ("gold_reward", "loop_reward", "win_rate_vs_baseline", "kl_to_reference", "length"):
-                if key in ev:
-                    row[key] = ev[key]
-            row["distinct_2"] = ev.get("distinct_2")
-            row["eval_seconds"] = ev.get("seconds")
-        if (rd / "generation.json").exists():
-            gen = read_json(rd / "generation.json")
-            row["sample_seconds"], row["tokens_per_s"] = gen["seconds"], gen["tokens_per_s"]
-        if (rd / "scoring.json").exists():
-            sc = read_json(rd / "scoring.json")
-            row["score_seconds"], row["mean_train_score"] = sc["seconds"], sc["mean_score"]
-        if (rd / "selection.json").exists():
-            sel = read_json(rd / "selection.json")
-            row["train_examples"] = sel.get("train_examples")
-            if "pairs" in sel:
-                row["pairs_dropped"] = sum(sel["pairs"]["dropped"].values())
-                row["empty_responses"] = sel["pairs"]["empty_responses"]
-                row["gold_agreement"] = sel["pairs"].get("gold_agreement")
-            if "rejection" in sel:
-                row["accepted"] = sel["rejection"]["accepted"]
-        if (rd / "training.json").exists():
-            tr = read_json(rd / "training.json")
-            row["train_seconds"] = tr["seconds"]
-            row["reference_fingerprint"] = tr.get("reference_fingerprint")
-            row["pi0_fingerprint"] = tr.get("pi0_fingerprint")
-        out.append(row)
-    return out
-
-
-def _ms(v: Any, digits: int = 3) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, dict):
-        if v.get("mean") is None:
-            return "–"
-        se = v.get("se")
-        return f"{v['mean']:.{digits}f}" + (f" ± {se:.{digits}f}" if se is not None and math.isfinite(se) else "")
-    if isinstance(v, float):
-        return f"{v:.{digits}f}" if math.isfinite(v) else "–"
-    return str(v)
-
-
-TABLE_COLUMNS: tuple[tuple[str, str, int], ...] = (
-    ("gold_reward", "eval reward", 3),
-    ("loop_reward", "loop reward", 3),
-    ("win_rate_vs_baseline", "win vs π_0", 3),
-    ("kl_to_reference", "KL(π‖π_0)", 2),
-    ("length", "length", 1),
-    ("train_examples", "pairs/accepted", 0),
-    ("gold_agreement", "pairs agree r*", 2),
-    ("sample_seconds", "sample s", 1),
-    ("tokens_per_s", "tok/s", 0),
-    ("score_seconds", "score s", 2),
-    ("train_seconds", "train s", 1),
-)
-TIMING_COLUMNS = ("sample_seconds", "tokens_per_s", "score_seconds", "train_seconds")
-
-
-def round_table(rows: list[dict[str, Any]], *, timings: bool = True) -> str:
-    """The per-round Markdown table (``timings=False`` leaves out the wall-clock columns)."""
-    cols = [c for c in TABLE_COLUMNS if any(c[0] in r for r in rows) and (timings or c[0] not in TIMING_COLUMNS)]
-    head = ["round"] + [c[1] for c in cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [str(r["round"])]
-        for key, _, digits in cols:
-            v = r.get(key)
-            cells.append(_ms(v, digits) if not isinstance(v, int) or isinstance(v, bool) else str(v))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def plot_rounds(root: Path, rows: list[dict[str, Any]]) -> str | None:
-    pts = [r for r in rows if r.get("gold_reward")]
-    if not pts:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("gold_reward", "eval reward"), ("loop_reward", "loop reward (on eval samples)")):
-        sel = [r for r in pts if r.get(key)]
-        if sel:
-            ax.errorbar(
-                [r["round"] for r in sel],
-                [r[key]["mean"] for r in sel],
-                yerr=[r[key]["se"] or 0 for r in sel],
-                marker="o",
-                capsize=3,
-                label=label,
-            )
-    ax.set_xlabel("round (0 = π_0)")
-    ax.set_ylabel("reward (mean ± se over prompts)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(root / "reward_per_round.png", dpi=120)
-    plt.close(fig)
-    return "reward_per_round.png"
-
-
-def write_iterate_report(root: Path, cfg: IterateConfig, rows: list[dict[str, Any]], table: str) -> Path:
-    plot = plot_rounds(root, rows)
-    what = (
-        f"rejection sampling ({cfg.rejection.acceptance}, form {cfg.rejection.form}, η = {cfg.rejection.etas})"
-        if cfg.rejection
-        else f"pairs {cfg.pairs.mode}"
-    )
-    if cfg.offline is not None:
-        what, source = "offline", f"one round on the fixed pairs `{cfg.offline.path}`"
-    else:
-        assert cfg.prompts is not None and cfg.reward is not None
-        source = (
-            f"{cfg.rounds} rounds × {cfg.prompts.per_round} prompts × K = {cfg.generate.k}; reward "
-            f"`{cfg.reward.display_name()}`"
-        )
-    ref_ok = all(r.get("reference_fingerprint") == r.get("pi0_fingerprint") for r in rows if r["round"] > 0)
-    lines = [
-        f"# imitalign iterate: {cfg.run.name or root.name}",
-        "",
-        f"π_0 = `{cfg.policy}`; {source}; {what}; objective `{cfg.train.objective.name}` "
-        f"{cfg.train.objective.options or ''}; start `{cfg.start}`; reference `{cfg.reference}`"
-        + (" (π_0 in every round: fingerprints checked)" if cfg.reference == "initial" and ref_ok else ""),
-        "",
-        table,
-        "",
-        "Eval reward: mean ± se over eval prompts of the eval reward (the gym's gold r* when configured); loop "
-        "reward: the loop's own reward on the same samples. Win rate: paired with π_0's samples (same prompt, "
-        "sample index and seed; ties ½). KL from the policy's samples, E[log π − log π_0].",
-        "",
-    ]
-    if plot:
-        lines.append(f"![reward per round]({plot})")
-    report = root / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    write_json(root / "results.json", {"rows": rows, "config": cfg.model_dump(mode="json")})
-    return report
-
-
-# ------------------------------------------------------------------------------------------ across seeds
-def summarize_runs(run_dirs: list[str | Path]) -> tuple[str, list[dict[str, Any]]]:
-    """Mean ± standard error *over runs* (seeds) of each arm's last round, arms named by ``run.name`` (runs
-    of one name are the seeds of one arm). Returns the Markdown table and the per-arm numbers."""
-    arms: dict[str, list[dict[str, Any]]] = {}
-    for d in run_dirs:
-        res = read_json(Path(d) / "results.json")
-        name = res["config"]["run"].get("name") or Path(d).name
-        arms.setdefault(name, []).append(res)
-    keys = (
-        ("gold_reward", "eval reward"),
-        ("win_rate_vs_baseline", "win vs π_0"),
-        ("kl_to_reference", "KL(π‖π_0)"),
-        ("length", "length"),
-    )
-    out = []
-    for name, runs in arms.items():
-        row: dict[str, Any] = {"arm": name, "seeds": len(runs), "rounds": len(runs[0]["rows"]) - 1}
-        for key, _ in keys:
-            vals = [r["rows"][-1][key]["mean"] for r in runs if r["rows"][-1].get(key)]
-            if vals:
-                se = statistics.stdev(vals) / math.sqrt(len(vals)) if len(vals) > 1 else math.nan
-                row[key] = {"mean": statistics.fmean(vals), "se": se}
-        base = [r["rows"][0]["gold_reward"]["mean"] for r in runs if r["rows"][0].get("gold_reward")]
-        if base:
-            row["pi0_reward"] = statistics.fmean(base)
-        curve = [
-            statistics.fmean(r["rows"][t]["gold_reward"]["mean"] for r in runs)
-            for t in range(len(runs[0]["rows"]))
-            if all(r["rows"][t].get("gold_reward") for r in runs)
-        ]
-        row["curve"] = curve
-        out.append(row)
-    head = ["arm", "seeds"] + [h for _, h in keys] + ["eval reward by round (mean over seeds)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in out:
-        cells = [row["arm"], str(row["seeds"])] + [_ms(row.get(k)) for k, _ in keys]
-        cells.append(" → ".join(f"{c:.3f}" for c in row["curve"]))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines), out
