@@ -280,6 +280,19 @@ def _final_turn(msgs: list[Message], location: str, name: str) -> tuple[list[Mes
     return msgs[:-1], msgs[-1]["content"]
 
 
+def _conversation_pair(
+    prompt_c: list[Message], chosen: str, prompt_r: list[Message], rejected: str, row: dict[str, Any], location: str
+) -> PreferenceRecord:
+    """A pair from two whole conversations (UltraFeedback messages, HH strings): they must share the prompt
+    (else the row is skipped as ``prompt_mismatch``); the row's ``system`` goes in front."""
+    if prompt_c != prompt_r:
+        raise Skip("prompt_mismatch")
+    prompt = _with_system(prompt_c, row, location)
+    _check_prompt(prompt)
+    _check_pair(chosen, rejected)
+    return PreferenceRecord(prompt, chosen, rejected, location)
+
+
 def _parse(row: dict[str, Any], fmt: str, location: str) -> tuple[Record, set[str]]:
     """Parse a (renamed) row; returns the record without extra and the set of consumed fields."""
     if fmt == "preference":
@@ -292,12 +305,7 @@ def _parse(row: dict[str, Any], fmt: str, location: str) -> tuple[Record, set[st
     if fmt == "ultrafeedback":
         prompt_c, chosen = _final_turn(_messages(row["chosen"], location, "chosen"), location, "chosen")
         prompt_r, rejected = _final_turn(_messages(row["rejected"], location, "rejected"), location, "rejected")
-        if prompt_c != prompt_r:
-            raise Skip("prompt_mismatch")
-        prompt = _with_system(prompt_c, row, location)
-        _check_prompt(prompt)
-        _check_pair(chosen, rejected)
-        return PreferenceRecord(prompt, chosen, rejected, location), {"chosen", "rejected", "system"}
+        return _conversation_pair(prompt_c, chosen, prompt_r, rejected, row, location), {"chosen", "rejected", "system"}
     if fmt == "hh":
         chosen_text = _string(row["chosen"], location, "chosen")
         rejected_text = _string(row["rejected"], location, "rejected")
@@ -306,12 +314,7 @@ def _parse(row: dict[str, Any], fmt: str, location: str) -> tuple[Record, set[st
             prompt_r, rejected = split_hh(rejected_text)
         except ValueError as e:
             raise DataError(f"{location}: an HH row's chosen and rejected need an Assistant turn: {e}") from None
-        if prompt_c != prompt_r:
-            raise Skip("prompt_mismatch")
-        prompt = _with_system(prompt_c, row, location)
-        _check_prompt(prompt)
-        _check_pair(chosen, rejected)
-        return PreferenceRecord(prompt, chosen, rejected, location), {"chosen", "rejected", "system"}
+        return _conversation_pair(prompt_c, chosen, prompt_r, rejected, row, location), {"chosen", "rejected", "system"}
     if fmt == "demonstration":
         prompt = _with_system(_prompt(row["prompt"], location), row, location)
         response = _response(row["response"], location, "response", fmt)

@@ -174,11 +174,31 @@ def _probe(source: RewardSource, prompt: Any) -> None:
         ) from e
 
 
+def _prompt_set(source: Any, tok: Any, data: dict[str, Any], max_new_tokens: int) -> Any:
+    """A prompt file rendered as the policy is trained (the ``train.data`` rendering), leaving room for
+    ``max_new_tokens`` (a :class:`imitalign.generate.kshot.PromptSet`)."""
+    from imitalign.generate.kshot import load_prompt_set
+
+    return load_prompt_set(
+        source,
+        tok,
+        chat_template=data["chat_template"],
+        system_prompt=data.get("system_prompt"),
+        max_length=data["max_length"],
+        max_prompt_length=data.get("max_prompt_length"),
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def _eval_prompt_set(cfg: IterateConfig, tok: Any, data: dict[str, Any]) -> Any:
+    assert cfg.eval is not None
+    return _prompt_set(cfg.eval.prompts, tok, data, cfg.eval.max_new_tokens or cfg.generate.max_new_tokens)
+
+
 def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
     """Check everything that can be checked before sampling: the objective and its kind, a training config,
     the prompt file(s), the reward source(s) (built and probed)."""
     from imitalign.config import ModelConfig
-    from imitalign.generate.kshot import load_prompt_set
     from imitalign.model.load import load_tokenizer
 
     spec = objectives.get(cfg.train.objective.name)
@@ -203,28 +223,12 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
     if cfg.offline is not None:
         return _preflight_offline(cfg, tok, data, say)
     assert cfg.prompts is not None and cfg.reward is not None
-    prompt_set = load_prompt_set(
-        cfg.prompts.source,
-        tok,
-        chat_template=data["chat_template"],
-        system_prompt=data.get("system_prompt"),
-        max_length=data["max_length"],
-        max_prompt_length=data.get("max_prompt_length"),
-        max_new_tokens=cfg.generate.max_new_tokens,
-    )
+    prompt_set = _prompt_set(cfg.prompts.source, tok, data, cfg.generate.max_new_tokens)
     reward = load_reward(cfg.reward)
     _probe(reward, prompt_set.prompts[0])
     pf = Preflight(tok, len(prompt_set), reward, None)
     if cfg.eval is not None:
-        pf.eval_prompts = load_prompt_set(
-            cfg.eval.prompts,
-            tok,
-            chat_template=data["chat_template"],
-            system_prompt=data.get("system_prompt"),
-            max_length=data["max_length"],
-            max_prompt_length=data.get("max_prompt_length"),
-            max_new_tokens=cfg.eval.max_new_tokens or cfg.generate.max_new_tokens,
-        )
+        pf.eval_prompts = _eval_prompt_set(cfg, tok, data)
         if cfg.eval.reward is not None and cfg.eval.reward != cfg.reward:
             pf.eval_reward = load_reward(cfg.eval.reward)
             _probe(pf.eval_reward, pf.eval_prompts.prompts[0])
@@ -246,7 +250,6 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
 
 def _preflight_offline(cfg: IterateConfig, tok: Any, data: dict[str, Any], say: Callable[[str], None]) -> Preflight:
     from imitalign.data.dataset import validate_data
-    from imitalign.generate.kshot import load_prompt_set
 
     assert cfg.offline is not None and cfg.eval is not None
     validate_data(
@@ -257,15 +260,7 @@ def _preflight_offline(cfg: IterateConfig, tok: Any, data: dict[str, Any], say: 
     )
     reward = load_reward(cfg.eval.reward or cfg.reward)  # type: ignore[arg-type]
     pf = Preflight(tok, 0, reward, reward)
-    pf.eval_prompts = load_prompt_set(
-        cfg.eval.prompts,
-        tok,
-        chat_template=data["chat_template"],
-        system_prompt=data.get("system_prompt"),
-        max_length=data["max_length"],
-        max_prompt_length=data.get("max_prompt_length"),
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.generate.max_new_tokens,
-    )
+    pf.eval_prompts = _eval_prompt_set(cfg, tok, data)
     _probe(reward, pf.eval_prompts.prompts[0])
     if cfg.eval.pairs:
         pf.eval_pairs = read_rows(cfg.eval.pairs)
