@@ -48,7 +48,8 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
+    """Log INFO to stderr for a command (quiet third-party loggers; no progress bars when stderr is a file)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "urllib3", "datasets", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -69,7 +70,7 @@ def train(
     from imitalign.config import load_config
     from imitalign.train.loop import train as run_train
 
-    _setup_logging()
+    setup_logging()
     cfg = load_config(config, set_ or [])
     result = run_train(cfg, resume=resume)
     typer.echo(f"done in {result.seconds:.1f}s, {result.steps} steps; model saved to {result.model_dir}")
@@ -118,7 +119,7 @@ def quickstart(
     """Build the gym, train SFT, DPO, IPO, DIL-LSIF/UKL/BCE, MLE and IQLearn, evaluate, report."""
     from imitalign.gym.quickstart import run_quickstart
 
-    _setup_logging()
+    setup_logging()
     run_quickstart(out, fast=fast, seeds=seeds)
 
 

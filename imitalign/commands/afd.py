@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.cli import SetOpt, _setup_logging, app, friendly
+from imitalign.cli import SetOpt, app, friendly, setup_logging
 
 afd_app = typer.Typer(no_args_is_help=True, help="Alignment from demonstrations: AfD reward models and experiments.")
 iq_app = typer.Typer(no_args_is_help=True, help="IQLearn extras: the λ/α frontier and the recovered reward.")
@@ -42,7 +42,7 @@ def bon(
 
     from imitalign.loops.bon import load_bon_config, markdown_table, run_bon
 
-    _setup_logging()
+    setup_logging()
     cfg = load_bon_config(config, set_ or [])
     summary = run_bon(cfg, progress=True)
     typer.echo(
@@ -61,7 +61,7 @@ def afd_train(
     mode (init_sft, init_demo, sft_demo) trained with discriminator_bce; writes rewards.yaml for `imitalign bon`."""
     from imitalign.loops.afd import load_afd_config, run_afd
 
-    _setup_logging()
+    setup_logging()
     summary = run_afd(load_afd_config(config, set_ or []), progress=True)
     for mode, info in summary["modes"].items():
         acc = info.get("eval", {}).get("accuracy")

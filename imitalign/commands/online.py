@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.cli import SetOpt, _setup_logging, app, friendly
+from imitalign.cli import SetOpt, app, friendly, setup_logging
 
 
 @app.command()
@@ -42,7 +42,7 @@ def generate(
     from imitalign.generate.kshot import generate_k, load_prompt_set
     from imitalign.model.load import load_tokenizer
 
-    _setup_logging()
+    setup_logging()
     tok = load_tokenizer(ModelConfig(name_or_path=model))
     prompt_set = load_prompt_set(
         DataSource(path=prompts, limit=limit),
@@ -93,7 +93,7 @@ def score(
     from imitalign.loops.scoring import score_file
     from imitalign.reward import load_reward
 
-    _setup_logging()
+    setup_logging()
     raw: dict = {}
     if reward:
         raw = yaml.safe_load(open(reward).read()) or {}
@@ -134,7 +134,7 @@ def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
     from imitalign.config import ConfigError
     from imitalign.loops.iterate import read_iterate_config, resolve_config, run_iterate
 
-    _setup_logging()
+    setup_logging()
     raw = read_iterate_config(config, set_ or [])
     if need_rejection and not raw.get("rejection"):
         raise ConfigError(f"{config}: `imitalign rejection` needs a rejection section (etas, acceptance, form)")
