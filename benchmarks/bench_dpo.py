@@ -38,8 +38,8 @@ Reported per variant:
   implementation actually executes (padding, LM head on prompt positions, recomputation), so it measures
   useful work; attention's ``T²`` term is not counted. ``train_gflops`` is the same for the training phase
   alone (``6·N·T / train_s``). Both are compared with the fp32 matmul peak (best of 5 ``2048³`` matmuls with
-  2 threads) measured in the variant's subprocess just before and after it (their mean): on a shared machine
-  the peak moves with the load, so it is taken in the same conditions as the variant.
+  2 threads) probed in a fresh subprocess just before and after the variant (their mean): on a shared machine
+  the peak moves with the load, so it is taken in conditions close to the variant's.
 
 The loss check (``--check-only``, and at the start of a full run): on the ``variable`` rows, from identical
 weights and with identical batches (TRL is given imitalign's epoch order and a sequential sampler), the DPO
@@ -319,7 +319,6 @@ def run_trl(folder: Path, precompute: bool, out: Path) -> dict[str, Any]:
 def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
-    peak_before = matmul_peak(HP["threads"])
     t = time.perf_counter()
     load0 = os.getloadavg()[0]
     out = work / name
@@ -335,7 +334,6 @@ def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
         raise ValueError(name)
     res["total_s"] = time.perf_counter() - t
     res["loadavg"] = (load0, os.getloadavg()[0])  # 1-minute load average at start and end (2 cores)
-    res["peak_gflops"] = (peak_before, matmul_peak(HP["threads"]))  # the machine as this variant found it
     res["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     res["n_params"] = _count_params(AutoModelForCausalLM.from_pretrained(folder / "model"))
     return res
@@ -384,6 +382,50 @@ def loss_check(folder: Path, work: Path, steps: int = 3, rtol: float = 1e-4) -> 
     return {"ok": ok, "imitalign": ours, "trl": theirs, "max_rel": max(rel) if rel else None, "rtol": rtol}
 
 
+def step_efficiency(folder: Path, steps: int = 8, warmup: int = 3) -> dict[str, Any]:
+    """imitalign's training step (packed batch → engine → DPO loss → backward → AdamW) against the matmul
+    peak, measured alternately (peak, step, peak, step, ...) so that both see the same load; reports the
+    median of ``6·N·T / step_s / peak`` over ``steps`` steps after ``warmup`` steps."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from imitalign import objectives
+    from imitalign.data.collate import collate_pairs_packed
+    from imitalign.model.logprobs import LogProbModel
+    from imitalign.train import steps as step_fns
+
+    torch.set_num_threads(HP["threads"])
+    items, tok = _imitalign_items(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+    engine = LogProbModel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=HP["lr"], weight_decay=0.0)
+    fn = objectives.build("dpo", {"beta": HP["beta"]})
+    n = _count_params(model)
+    bs = HP["batch_size"]
+    ratios, rates = [], []
+    for k in range(warmup + steps):
+        chunk = items[(k * bs) % len(items) :][:bs]
+        batch = collate_pairs_packed(chunk, tok.pad_token_id)
+        batch["ref_logps"] = torch.zeros(2 * len(chunk))
+        peak = matmul_peak(HP["threads"]) if k >= warmup else 0.0
+        t = time.perf_counter()
+        loss, _ = step_fns.pair_loss(
+            engine, fn, batch, weights=torch.ones(len(chunk)), step_examples=len(chunk), world=1
+        )
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), HP["max_grad_norm"])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t
+        if k >= warmup:
+            tokens = int(batch["attention_mask"].sum())
+            rates.append(6 * n * tokens / dt / 1e9)
+            ratios.append(rates[-1] / peak)
+    ratios.sort()
+    rates.sort()
+    return {"median_fraction_of_peak": ratios[len(ratios) // 2], "median_gflops": rates[len(rates) // 2]}
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -429,6 +471,13 @@ def fmt_table(setting: str, results: dict[str, dict[str, Any]], tokens: int, pea
     return "\n".join(lines)
 
 
+def _peak_in_subprocess() -> float:
+    """The matmul peak probed in a fresh process (so that the probe's buffers stay out of a variant's RSS)."""
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_dpo as b; print(b.matmul_peak(2))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few rows: a smoke test of every variant")
@@ -439,6 +488,7 @@ def main() -> None:
     )
     ap.add_argument("--check-only", action="store_true", help="only the per-step loss match against TRL")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--efficiency-only", action="store_true", help="only imitalign's step vs the matmul peak")
     ap.add_argument("--work", type=Path, default=None, help="data/model/run folder (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None, help="write all results here")
     ap.add_argument("--run-variant", default=None, help=argparse.SUPPRESS)
@@ -468,6 +518,16 @@ def main() -> None:
         )
         if args.check_only:
             sys.exit(0 if check["ok"] else 1)
+    eff_folder = build_setting(work, "variable", QUICK_PAIRS["variable"] if args.quick else 64)
+    eff = step_efficiency(eff_folder, steps=3 if args.quick else 8)
+    report["step_efficiency"] = eff
+    print(
+        f"imitalign training step (variable lengths, packed, DPO + AdamW), alternated with matmul-peak probes: "
+        f"median {eff['median_gflops']:.0f} GFLOP/s = {100 * eff['median_fraction_of_peak']:.0f} % of the peak",
+        flush=True,
+    )
+    if args.efficiency_only:
+        return
     peak = matmul_peak(HP["threads"])
     report["matmul_peak_gflops"] = peak
     print(f"fp32 matmul peak ({HP['threads']} threads, 2048^3, best of 5): {peak:.0f} GFLOP/s", flush=True)
@@ -478,6 +538,7 @@ def main() -> None:
         tokens = real_tokens(folder)
         results: dict[str, dict[str, Any]] = {}
         for name in args.variants:
+            peak_before = _peak_in_subprocess()
             cmd = [sys.executable, __file__, "--run-variant", name, "--folder", str(folder)]
             cmd += ["--work", str(work / f"runs-{setting}-{pairs}")]
             env = dict(os.environ, OMP_NUM_THREADS=str(HP["threads"]), TOKENIZERS_PARALLELISM="false")
@@ -489,6 +550,7 @@ def main() -> None:
             else:
                 results[name] = json.loads(line[len("RESULT ") :])
                 r = results[name]
+                r["peak_gflops"] = (peak_before, _peak_in_subprocess())  # the machine as this variant found it
                 print(
                     f"[{setting}] {name}: epoch {r['epoch_s']:.1f}s (ref {r['ref_s']:.1f}s) "
                     f"{tokens / r['epoch_s']:.0f} tok/s, peak RSS {r['rss_gb']:.2f} GB",
