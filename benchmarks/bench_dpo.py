@@ -31,7 +31,7 @@ Reported per variant:
   tokenisation, model loading and saving are outside it (``total_s`` is the whole subprocess);
 - ``cpu_s``: process CPU time over the same interval (less sensitive to other load on the machine);
 - ``tok_s``: real (non-padding) tokens of one epoch (prompt + response, both sequences of every pair) / epoch_s;
-- ``rss_gb``: peak resident set size of the subprocess (``ru_maxrss``), imports included;
+- ``rss_gb``: peak resident set size of the subprocess (``VmHWM``), imports included;
 - ``gflops``: model FLOPs / epoch_s, counting ``6·N·T`` for the training pass and ``2·N·T`` for the reference
   pass, with ``N`` the parameters of the 4 layers, the final norm and the LM head (the input embedding is a
   lookup and is not counted) and ``T`` the real tokens. The same count for every variant, whatever the
@@ -316,6 +316,16 @@ def run_trl(folder: Path, precompute: bool, out: Path) -> dict[str, Any]:
     }
 
 
+def peak_rss_gb() -> float:
+    """This process's peak resident set size (``VmHWM``): unlike ``ru_maxrss``, which a child inherits from its
+    parent across fork and exec, it starts afresh with the process image."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM
 
@@ -334,7 +344,7 @@ def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
         raise ValueError(name)
     res["total_s"] = time.perf_counter() - t
     res["loadavg"] = (load0, os.getloadavg()[0])  # 1-minute load average at start and end (2 cores)
-    res["rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    res["rss_gb"] = peak_rss_gb()
     res["n_params"] = _count_params(AutoModelForCausalLM.from_pretrained(folder / "model"))
     return res
 
