@@ -51,7 +51,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 def setup_logging() -> None:
     """Log INFO to stderr for a command (quiet third-party loggers; no progress bars when stderr is a file)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "accelerate"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not sys.stderr.isatty():  # no redraw-per-update bars in log files
         from transformers.utils import logging as hf_logging
