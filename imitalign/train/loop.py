@@ -260,6 +260,25 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         lengths = [len(it.prompt_ids) + max(len(r) for r in _responses(it)) for it in train_items]
     pad_id = pad_id_for(tok)
 
+    def micro_loss(
+        batch: dict, weights: torch.Tensor, *, examples: int, tokens: int, own_tokens: int | None, world: int,
+        evaluating: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One micro-batch's loss (already on the device), for training and evaluation alike: the reference runs
+        here when it is not precomputed; normalisation as in ``steps`` (``examples`` / ``tokens`` of the step)."""
+        if ref_engine is not None and spec.kind == "pair":
+            batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
+        if spec.kind == "pair":
+            return steps.pair_loss(engine, fn, batch, weights=weights, step_examples=examples, world=world)
+        if spec.kind in SCORE_KINDS:
+            return steps.score_loss(
+                engine, fn, batch, kind=spec.kind, weights=weights, step_examples=examples, world=world
+            )
+        return steps.token_loss(
+            engine, fn, batch, weights=weights, step_tokens=tokens, world=world, step_policy_tokens=own_tokens,
+            no_policy_samples=evaluating and bool(policy_items),
+        )
+
     def run_eval() -> dict[str, float]:
         if not eval_items:
             return {}
@@ -272,21 +291,12 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                 idx = mine[s : s + ebs]
                 eidx = [len(train_items) + i for i in idx]
                 batch = _collate(spec.kind, [eval_items[i] for i in idx], pad_id, ref_logps, eidx, packing)
+                ntok = _response_tokens(batch)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 ones = torch.ones(len(idx), device=accelerator.device)
-                if ref_engine is not None and spec.kind == "pair":
-                    batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
-                if spec.kind == "pair":
-                    _, m = steps.pair_loss(engine, fn, batch, weights=ones, step_examples=len(idx), world=1)
-                elif spec.kind in SCORE_KINDS:
-                    _, m = steps.score_loss(
-                        engine, fn, batch, kind=spec.kind, weights=ones, step_examples=len(idx), world=1
-                    )
-                else:
-                    ntok = _response_tokens(batch)
-                    _, m = steps.token_loss(
-                        engine, fn, batch, weights=ones, step_tokens=ntok, world=1, no_policy_samples=bool(policy_items)
-                    )
+                _, m = micro_loss(
+                    batch, ones, examples=len(idx), tokens=ntok, own_tokens=None, world=1, evaluating=True
+                )
                 acc.add(m, len(idx))
         engine.train()
         return acc.result(accelerator)
@@ -341,24 +351,13 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             w_sum = float(weights.sum())
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             weights = weights.to(accelerator.device)
-            if ref_engine is not None and spec.kind == "pair":
-                batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
             sync = m == len(micro_batches) - 1
             ctx = accelerator.no_sync(engine) if not sync and world > 1 else _nullcontext()
             with ctx, accelerator.autocast():
-                if spec.kind == "pair":
-                    loss, metrics = steps.pair_loss(
-                        engine, fn, batch, weights=weights, step_examples=plan.n_examples, world=world
-                    )
-                elif spec.kind in SCORE_KINDS:
-                    loss, metrics = steps.score_loss(
-                        engine, fn, batch, kind=spec.kind, weights=weights, step_examples=plan.n_examples, world=world
-                    )
-                else:
-                    loss, metrics = steps.token_loss(
-                        engine, fn, batch, weights=weights, step_tokens=step_tokens, world=world,
-                        step_policy_tokens=step_own_tokens,
-                    )
+                loss, metrics = micro_loss(
+                    batch, weights, examples=plan.n_examples, tokens=step_tokens, own_tokens=step_own_tokens,
+                    world=world, evaluating=False,
+                )
                 accelerator.backward(loss)
             step_loss += loss.detach()
             window.add(metrics, w_sum)
