@@ -75,7 +75,15 @@ from imitalign.loops.iterate_report import (
     summarize_runs,
     write_iterate_report,
 )
-from imitalign.loops.pairs import SELF_PLAY, demo_lookup, make_pairs, self_play_pairs
+from imitalign.loops.pairs import (
+    DEMO_MODES,
+    OWN_SAMPLES,
+    SELF_PLAY,
+    demo_lookup,
+    make_pairs,
+    own_sample_data,
+    self_play_pairs,
+)
 from imitalign.loops.rejection import accept
 from imitalign.loops.scoring import check_samples, read_rows, write_rows
 from imitalign.loops.stages import model_fingerprint, read_json, train_or_reuse, write_json
@@ -125,7 +133,7 @@ class Preflight:
 
     tokenizer: Any
     n_prompts: int
-    reward: RewardSource
+    reward: RewardSource | None  # None: a demonstration pairing without a reward
     eval_reward: RewardSource | None
     eval_prompts: Any = None  # PromptSet
     eval_pairs: list[dict[str, Any]] = field(default_factory=list)
@@ -138,7 +146,13 @@ def _data_section(cfg: IterateConfig) -> dict[str, Any]:
 
 
 def _policy_kind(cfg: IterateConfig) -> str:
-    return "token" if cfg.rejection is not None and cfg.rejection.form == "sft" else "pair"
+    sft = cfg.rejection is not None and cfg.rejection.form == "sft"
+    return "token" if sft or cfg.pairs.mode == OWN_SAMPLES else "pair"
+
+
+def _policy_samples_path(data_path: Path) -> Path:
+    """The own samples that go with a round's training file (``pairs.mode: own_samples``)."""
+    return data_path.with_name(data_path.name.replace("train_data", "policy_samples"))
 
 
 def train_config(cfg: IterateConfig, t: int, init_model: str, ref_model: str, data_path: Path, out: Path) -> Config:
@@ -150,6 +164,8 @@ def train_config(cfg: IterateConfig, t: int, init_model: str, ref_model: str, da
         "model": {**cfg.train.model, "name_or_path": init_model},
         "data": {**_data_section(cfg), "train": {"path": str(data_path), "format": fmt}},
     }
+    if cfg.pairs.mode == OWN_SAMPLES:  # online IQLearn: the policy's own samples feed the TD term
+        raw["data"]["policy_samples"] = {"path": str(_policy_samples_path(data_path)), "format": "demonstration"}
     if cfg.offline is not None:  # the offline file's rows, copied as they are
         raw["data"]["train"].update(format=cfg.offline.format, columns=cfg.offline.columns)
     raw |= {
@@ -205,11 +221,23 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
     objectives.build(cfg.train.objective.name, cfg.train.objective.options)
     want = _policy_kind(cfg)
     if spec.kind != want:
-        what = "SFT on accepted samples (rejection.form sft)" if want == "token" else "training on pairs"
+        if cfg.pairs.mode == OWN_SAMPLES:
+            what, names = "pairs.mode own_samples (online IQLearn)", "iqlearn with options.alpha > 0"
+        elif want == "token":
+            what, names = "SFT on accepted samples (rejection.form sft)", "mle"
+        else:
+            what, names = "training on pairs", "dpo, ipo, dil_lsif, dil_bce, ..."
         raise ConfigError(
-            f"train.objective {spec.name!r} is of kind {spec.kind!r}, but {what} needs a {want!r} objective "
-            f"({'mle' if want == 'token' else 'dpo, ipo, dil_lsif, dil_bce, ...'})"
+            f"train.objective {spec.name!r} is of kind {spec.kind!r}, but {what} needs a {want!r} objective ({names})"
         )
+    if cfg.pairs.mode == OWN_SAMPLES:
+        alpha = {**spec.defaults, **cfg.train.objective.options}.get("alpha", 0.0)
+        if not (isinstance(alpha, int | float) and alpha > 0):
+            raise ConfigError(
+                f"pairs.mode own_samples feeds the policy's samples into the TD term of iqlearn, weighted by "
+                f"train.objective.options.alpha, which is {alpha!r} here (objective {spec.name!r}); set alpha in "
+                "(0, 1] (alpha = 0 ignores the samples: offline IQLearn, which imitalign train runs directly)"
+            )
     train_config(cfg, 1, cfg.policy, cfg.policy, Path("pairs.jsonl"), Path(cfg.run.output_dir) / "check")
     if cfg.generate.enhancer is not None:
         k_e = round(cfg.generate.enhancer.fraction * cfg.generate.k)
@@ -222,10 +250,11 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
     data = _data_section(cfg)
     if cfg.offline is not None:
         return _preflight_offline(cfg, tok, data, say)
-    assert cfg.prompts is not None and cfg.reward is not None
+    assert cfg.prompts is not None
     prompt_set = _prompt_set(cfg.prompts.source, tok, data, cfg.generate.max_new_tokens)
-    reward = load_reward(cfg.reward)
-    _probe(reward, prompt_set.prompts[0])
+    reward = None if cfg.reward is None else load_reward(cfg.reward)  # None: a demonstration mode
+    if reward is not None:
+        _probe(reward, prompt_set.prompts[0])
     pf = Preflight(tok, len(prompt_set), reward, None)
     if cfg.eval is not None:
         pf.eval_prompts = _eval_prompt_set(cfg, tok, data)
@@ -237,12 +266,13 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
             pf.eval_reward = reward
         if cfg.eval.pairs:
             pf.eval_pairs = read_rows(cfg.eval.pairs)
-    if cfg.pairs.mode == SELF_PLAY:
+    if cfg.pairs.mode in DEMO_MODES:
         _demos(cfg)  # readable, not empty
     if cfg.reference == "previous" and cfg.pairs.mode != SELF_PLAY:  # (SPIN's own choice: no warning)
         say("WARNING: reference = previous iterate (π_{t-1}), not π_0 — the authors found this less stable")
     say(
-        f"{len(prompt_set)} prompts; K = {cfg.generate.k}; reward {reward.name}; {cfg.rounds} rounds of "
+        f"{len(prompt_set)} prompts; K = {cfg.generate.k}; reward {reward.name if reward else 'none'}; "
+        f"{cfg.rounds} rounds of "
         f"{cfg.prompts.per_round} prompts"
     )
     return pf
@@ -431,6 +461,14 @@ def _select_stage(cfg: IterateConfig, rd: Path, t: int, rows: list[dict[str, Any
         pairs, pst = make_pairs(rows, mode="max_min", tie_eps=cfg.pairs.tie_eps, seed=seed)
     elif cfg.pairs.mode == SELF_PLAY:  # SPIN / GSIL: demonstration vs own sample
         pairs, pst = self_play_pairs(rows, _demos(cfg), seed=seed)
+    elif cfg.pairs.mode == OWN_SAMPLES:  # online IQLearn: demonstrations + the policy's own samples (TD term)
+        demo_rows, own_rows, ost = own_sample_data(rows, _demos(cfg))
+        info["own_samples"] = ost
+        if not demo_rows or not own_rows:
+            raise LoopError(f"round {t}: nothing to train on ({ost}); check that pairs.demos has these prompts")
+        write_rows(_policy_samples_path(rd / "train_data.jsonl"), own_rows)
+        info["train_examples"] = len(demo_rows)
+        return write_rows(rd / "train_data.jsonl", demo_rows), info
     else:
         p = cfg.pairs
         pairs, pst = make_pairs(rows, mode=p.mode, length_penalty=p.length_penalty, tie_eps=p.tie_eps, seed=seed)
@@ -566,23 +604,21 @@ def run_iterate(
             rows = read_rows(rd / "samples.jsonl")
             check_samples(rows, cfg.generate.k, str(rd / "samples.jsonl"))
             t0 = time.perf_counter()
-            scores = score_rows(pf.reward, rows, batch_size=cfg.reward.batch_size * 8)
+            scores = None if pf.reward is None else score_rows(pf.reward, rows, batch_size=cfg.reward.batch_size * 8)
             seconds = time.perf_counter() - t0
+            loop_gold = cfg.reward is not None and cfg.reward.kind == "gold"
             gold = None
-            if (
-                cfg.eval is not None
-                and cfg.eval.reward is not None
-                and cfg.eval.reward.kind == "gold"
-                and cfg.reward.kind != "gold"
-            ):
-                gold = score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]
+            eval_gold = cfg.eval is not None and cfg.eval.reward is not None and cfg.eval.reward.kind == "gold"
+            if eval_gold and not loop_gold:
+                gold = score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]  # logged next to the samples
             out_rows = []
-            for i, (row, s) in enumerate(zip(rows, scores, strict=True)):
-                row = {**row, "score": s}
+            for i, row in enumerate(rows):
+                if scores is not None:
+                    row = {**row, "score": scores[i]}
                 if gold is not None:
                     row["gold"] = gold[i]
-                elif cfg.reward.kind == "gold":
-                    row["gold"] = s
+                elif loop_gold:
+                    row["gold"] = scores[i]  # type: ignore[index]
                 out_rows.append(row)
             write_rows(rd / "scored.jsonl", out_rows)
             write_json(
@@ -590,8 +626,8 @@ def run_iterate(
                 {
                     "seconds": seconds,
                     "rows": len(rows),
-                    "reward": pf.reward.name,
-                    "mean_score": statistics.fmean(scores),
+                    "reward": None if pf.reward is None else pf.reward.name,
+                    "mean_score": None if scores is None else statistics.fmean(scores),
                 },
             )
             done(t, "scored")
@@ -603,10 +639,12 @@ def run_iterate(
             done(t, "pairs")
         # train
         if cfg.start == "retrain_union":
-            union = [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / "train_data.jsonl")]
             data_path = rd / "union_train_data.jsonl"
-            if not data_path.exists():
-                write_rows(data_path, union)
+            own = cfg.pairs.mode == OWN_SAMPLES
+            for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
+                path = rd / f"union_{name}"
+                if not path.exists():
+                    write_rows(path, [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)])
             init = pi0
         else:
             data_path, init = rd / "train_data.jsonl", model

@@ -24,7 +24,7 @@ from imitalign.config import (
     read_yaml_mapping,
     validate_config,
 )
-from imitalign.loops.pairs import MODES, SELF_PLAY
+from imitalign.loops.pairs import DEMO_MODES, MODES
 from imitalign.loops.rejection import ACCEPTANCE, incremental_etas
 from imitalign.loops.stages import train_or_reuse
 from imitalign.reward.base import RewardConfig
@@ -61,18 +61,24 @@ class PromptsConfig(_Strict):
 
 
 class PairsConfig(_Strict):
+    """How a round's training data comes from its samples: pairs by score (``max_min``, ``max_random``,
+    ``random``), or from demonstrations (``demos``): ``self_play`` (SPIN/GSIL pairs: the demonstration chosen, the
+    policy's sample rejected) and ``own_samples`` (online IQLearn: the demonstrations are the training data and the
+    policy's samples feed the TD term as ``data.policy_samples``). The demonstration modes need no reward."""
+
     mode: str = "max_min"
     length_penalty: float = 0.0  # score − α·tokens
     tie_eps: float = Field(1e-6, ge=0.0)
-    # self_play (SPIN/GSIL): chosen = the prompt's demonstration from this file, rejected = the policy's sample
-    demos: DataSource | None = None
+    demos: DataSource | None = None  # self_play / own_samples: the demonstration file (prompt, response)
 
     @model_validator(mode="after")
     def _mode(self) -> PairsConfig:
-        if self.mode not in (*MODES, SELF_PLAY):
-            raise ValueError(f"pairs.mode must be one of {', '.join((*MODES, SELF_PLAY))}, got {self.mode!r}")
-        if (self.mode == SELF_PLAY) != (self.demos is not None):
-            raise ValueError("pairs.demos (a demonstration file) goes with pairs.mode self_play, and only with it")
+        if self.mode not in (*MODES, *DEMO_MODES):
+            raise ValueError(f"pairs.mode must be one of {', '.join((*MODES, *DEMO_MODES))}, got {self.mode!r}")
+        if (self.mode in DEMO_MODES) != (self.demos is not None):
+            raise ValueError(
+                f"pairs.demos (a demonstration file) goes with pairs.mode {' / '.join(DEMO_MODES)}, and only with it"
+            )
         return self
 
 
@@ -139,7 +145,7 @@ class IterateConfig(_Strict):
     rounds: int = Field(3, ge=1)
     prompts: PromptsConfig | None = None  # required unless offline
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
-    reward: RewardConfig | None = None  # required unless offline
+    reward: RewardConfig | None = None  # required unless offline or a demonstration pairing (own_samples, self_play)
     offline: DataSource | None = None  # the offline baseline: one round of training on this preference file
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     rejection: RejectionConfig | None = None
@@ -156,12 +162,23 @@ class IterateConfig(_Strict):
                 raise ValueError("offline (training on a fixed preference file) is one round, without rejection")
             if self.eval is None or (self.eval.reward is None and self.reward is None):
                 raise ValueError("offline runs need an eval section with a reward (eval.reward)")
-        elif self.prompts is None or self.reward is None:
-            raise ValueError("prompts and reward are required (unless offline: a fixed preference file)")
-        if self.generate.k < 2 and self.pairs.mode != SELF_PLAY:
+        elif self.prompts is None:
+            raise ValueError("prompts are required (unless offline: a fixed preference file)")
+        elif self.reward is None and self.pairs.mode not in DEMO_MODES:
             raise ValueError(
-                f"generate.k must be >= 2 to pair samples (got {self.generate.k}); only self_play "
-                "pairing works from one sample per prompt"
+                f"a reward is required to pair samples by score (pairs.mode {self.pairs.mode}); only the "
+                f"demonstration modes ({', '.join(DEMO_MODES)}) work without one"
+            )
+        if self.generate.k < 2 and self.pairs.mode not in DEMO_MODES:
+            raise ValueError(
+                f"generate.k must be >= 2 to pair samples (got {self.generate.k}); only {' and '.join(DEMO_MODES)} "
+                "work from one sample per prompt"
+            )
+        if self.eval is not None and self.eval.reward is None and self.reward is None:
+            raise ValueError("eval needs a reward to score its samples: set eval.reward (the loop has no reward)")
+        if self.rejection is not None and self.pairs.mode in DEMO_MODES:
+            raise ValueError(
+                f"rejection selects samples by reward; it does not combine with pairs.mode {self.pairs.mode}"
             )
         if self.rejection is not None and len(self.rejection.etas) != self.rounds:
             raise ValueError(

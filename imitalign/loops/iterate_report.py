@@ -134,11 +134,13 @@ def write_iterate_report(root: Path, cfg: IterateConfig, rows: list[dict[str, An
     if cfg.offline is not None:
         what, source = "offline", f"one round on the fixed pairs `{cfg.offline.path}`"
     else:
-        assert cfg.prompts is not None and cfg.reward is not None
-        source = (
-            f"{cfg.rounds} rounds × {cfg.prompts.per_round} prompts × K = {cfg.generate.k}; reward "
+        assert cfg.prompts is not None
+        reward = (
             f"`{cfg.reward.display_name()}`"
-        )
+            if cfg.reward is not None
+            else f"none (demonstrations `{cfg.pairs.demos.path}`)"
+        )  # type: ignore[union-attr]
+        source = f"{cfg.rounds} rounds × {cfg.prompts.per_round} prompts × K = {cfg.generate.k}; reward {reward}"
     ref_ok = all(r.get("reference_fingerprint") == r.get("pi0_fingerprint") for r in rows if r["round"] > 0)
     lines = [
         f"# imitalign iterate: {cfg.run.name or root.name}",

@@ -222,3 +222,37 @@ def self_play_pairs(
             pairs.append(pair)
     stats.pairs = len(pairs)
     return pairs, stats
+
+
+# ------------------------------------------------------------------------------------------ own samples (online IQ)
+OWN_SAMPLES = "own_samples"
+DEMO_MODES: tuple[str, ...] = (SELF_PLAY, OWN_SAMPLES)  # the pairings that take demonstrations and need no reward
+
+
+def own_sample_data(
+    rows: Sequence[dict[str, Any]], demos: dict[str, list[str]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
+    """Online IQLearn's data of one round (METHODS.md §4): the demonstrations of the round's prompts (the
+    likelihood term and the expert share 1 − α of the TD term) and the policy's own samples of the same prompts
+    (the share α of the TD term), both ``{"prompt", "response"}``. No reward is involved. Dropped and counted:
+    empty own samples (``empty_responses``) and prompts without a demonstration (``no_demo``: neither their
+    samples nor anything else of them is used)."""
+    demo_rows: list[dict[str, Any]] = []
+    own_rows: list[dict[str, Any]] = []
+    stats: dict[str, Any] = {"prompts": 0, "samples": 0, "empty_responses": 0, "dropped": {}}
+    for _, group in group_by_prompt(rows).items():
+        stats["prompts"] += 1
+        stats["samples"] += len(group)
+        options = demos.get(prompt_key(group[0]["prompt"]))
+        if not options:
+            stats["dropped"]["no_demo"] = stats["dropped"].get("no_demo", 0) + 1
+            continue
+        prompt = group[0]["prompt"]
+        demo_rows += [{"prompt": prompt, "response": d} for d in options]
+        for row in group:
+            if not str(row["response"]).strip():
+                stats["empty_responses"] += 1
+                continue
+            own_rows.append({"prompt": prompt, "response": row["response"], "prompt_index": row.get("prompt_index")})
+    stats |= {"demonstrations": len(demo_rows), "own_samples": len(own_rows)}
+    return demo_rows, own_rows, stats
