@@ -277,5 +277,5 @@ def test_offline_baseline_and_summary_over_seeds(gym, run_a, tmp_path):
     assert arms[0]["gold_reward"]["mean"] == pytest.approx(sum(means) / 2)
     assert arms[0]["gold_reward"]["se"] == pytest.approx(abs(means[0] - means[1]) / 2)  # sd/√2 of two values
     assert "| offline | 2 |" in table
-    with pytest.raises(ConfigError, match="prompts and reward are required"):
+    with pytest.raises(ConfigError, match="prompts are required"):
         parse_iterate_config(iterate_raw(gym, tmp_path / "x", prompts=None))
