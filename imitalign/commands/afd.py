@@ -3,6 +3,7 @@
 imitalign bon CONFIG.yaml [--set n_max=64]             best-of-N sweep per reward source (table + plot)
 imitalign afd train CONFIG.yaml [--set modes=[init_sft]] π_SFT, sampled classes, AfD discriminators
 imitalign afd gym-sft | gym-bon | gym-distill | gym-selfplay [--seeds N] [--out DIR]   gym experiments
+imitalign afd gym-sft | gym-bon --styles sorted                  demonstrations in the sorted (order) style
 imitalign iqlearn gym-frontier [--seeds N] [--lams 0,0.1,0.3,1] [--alphas 0.1]         λ sweep, reward, α
 """
 
@@ -21,6 +22,27 @@ app.add_typer(iq_app, name="iqlearn")
 
 OutOpt = Annotated[str, typer.Option("--out", help="experiment folder (stages are reused when unchanged)")]
 SeedsOpt = Annotated[int, typer.Option("--seeds", min=1, help="repeat with seeds 0..N-1; mean ± se over seeds")]
+
+
+def _styles(text: str) -> list[str]:
+    """The demonstration styles of ``--styles`` (comma-separated; each once, at least one)."""
+    from imitalign.loops.afd_gym import STYLES
+
+    chosen = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in chosen if s not in STYLES]
+    if bad or not chosen or len(set(chosen)) != len(chosen):
+        raise typer.BadParameter(f"--styles takes distinct names among {', '.join(STYLES)}, got {text!r}")
+    return chosen
+
+
+StylesOpt = Annotated[
+    str,
+    typer.Option(
+        "--styles",
+        help="demonstration styles, comma-separated: plain, style (style words), sorted (content words in "
+        "alphabetical order); other than plain/style the tables are written as <name>_<styles>.md",
+    ),
+]
 
 
 def _floats(text: str) -> list[float]:
@@ -71,11 +93,11 @@ def afd_train(
 
 @afd_app.command("gym-sft")
 @friendly
-def gym_sft(out: OutOpt = "runs/afd_gym", seeds: SeedsOpt = 1) -> None:
+def gym_sft(out: OutOpt = "runs/afd_gym", seeds: SeedsOpt = 1, styles: StylesOpt = "plain,style") -> None:
     """SFT on the gym's expert demonstrations (plain and style-shifted) vs the demonstrator's gold reward."""
     from imitalign.loops.afd_gym import exp_sft
 
-    exp_sft(out, seeds=seeds)
+    exp_sft(out, seeds=seeds, styles=_styles(styles))
 
 
 @afd_app.command("gym-bon")
@@ -83,17 +105,13 @@ def gym_sft(out: OutOpt = "runs/afd_gym", seeds: SeedsOpt = 1) -> None:
 def gym_bon(
     out: OutOpt = "runs/afd_gym",
     seeds: SeedsOpt = 1,
-    styles: Annotated[str, typer.Option(help="plain, style or both (comma-separated)")] = "plain,style",
+    styles: StylesOpt = "plain,style",
 ) -> None:
     """Best-of-N curves per reward source (AfD discriminators, closed form, oracle), with and without the style
-    shift: afd_bon.md, afd_bon.png."""
+    shift: afd_bon.md, afd_bon.png (--styles sorted: afd_bon_sorted.md, with the order share of the picks)."""
     from imitalign.loops.afd_gym import exp_bon
 
-    chosen = [s.strip() for s in styles.split(",") if s.strip()]
-    bad = [s for s in chosen if s not in ("plain", "style")]
-    if bad or not chosen:
-        raise typer.BadParameter(f"--styles takes plain and/or style, got {styles!r}")
-    exp_bon(out, seeds=seeds, styles=chosen)
+    exp_bon(out, seeds=seeds, styles=_styles(styles))
 
 
 @afd_app.command("gym-distill")

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from imitalign.data.jsonl import read_jsonl, write_jsonl  # noqa: F401 (read_jsonl: re-exported for callers)
 from imitalign.gym.task import (
+    DEMO_VARIANTS,
     TOPICS,
     all_prompts,
     base_response,
@@ -255,6 +256,37 @@ def build_gym(config: GymConfig, out_dir: str | Path, *, force: bool = False) ->
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, files.manifest)
     return files
+
+
+def expert_variant_path(root: str | Path, variant: str) -> Path:
+    """Where :func:`build_expert_variant` writes a demonstration variant: ``root/expert_<variant>.jsonl``."""
+    if variant not in DEMO_VARIANTS:
+        raise ValueError(f"unknown demonstration variant {variant!r} ({', '.join(DEMO_VARIANTS)})")
+    return Path(root) / f"expert_{variant}.jsonl"
+
+
+def expert_variant_rows(config: GymConfig, variant: str) -> list[dict[str, Any]]:
+    """The demonstrations of ``expert.jsonl`` (same prompts, same draws, row by row) passed through the
+    deterministic transform ``DEMO_VARIANTS[variant]``: ``{"prompt", "response", "gold", "plain"}`` rows."""
+    if variant not in DEMO_VARIANTS:
+        raise ValueError(f"unknown demonstration variant {variant!r} ({', '.join(DEMO_VARIANTS)})")
+    transform = DEMO_VARIANTS[variant]
+    rows = []
+    for row in expert_rows(config):
+        response = transform(row["response"])
+        rows.append({"prompt": row["prompt"], "response": response,
+                     "gold": gold_reward(row["prompt"], response), "plain": row["response"]})
+    return rows
+
+
+def build_expert_variant(config: GymConfig, root: str | Path, variant: str) -> Path:
+    """Write ``expert_<variant>.jsonl`` into a gym folder built by :func:`build_gym` with ``config`` (reused when
+    present). An addition only: the variant is not part of :class:`GymConfig`, so the folder's fingerprint, its
+    manifest and its other files stay as they are."""
+    path = expert_variant_path(root, variant)
+    if not path.is_file():
+        write_jsonl(path, expert_variant_rows(config, variant))  # atomic: a present file is a complete one
+    return path
 
 
 # ------------------------------------------------------------------------------------------ phase 2

@@ -258,3 +258,33 @@ def stylize(response: str, rng: random.Random, style_rate: float = 0.35) -> str:
             out.append(rng.choice(STYLE))
         out.append(word)
     return " ".join(out)
+
+
+# ------------------------------------------------------------------------------------------ order style
+def sort_content(response: str) -> str:
+    """The *sorted* style (an order style, :data:`DEMO_VARIANTS`): the response's content words rearranged into
+    alphabetical order in the positions content words occupy; filler, style words and ``.`` stay where they are.
+    Deterministic (no randomness). ``r*`` depends on the multiset of words and on the last token only, so
+    ``gold_reward(x, sort_content(y)) == gold_reward(x, y)`` exactly, and the word frequencies do not change: the
+    style is a property of the whole response, invisible to unigram statistics."""
+    words = response.split()
+    slots = [i for i, w in enumerate(words) if w in WORD_TOPIC]
+    for i, w in zip(slots, sorted(words[i] for i in slots), strict=True):
+        words[i] = w
+    return " ".join(words)
+
+
+def ascending_share(response: str) -> float:
+    """Share of the adjacent content-word pairs of a response (fillers and style words skipped) in alphabetical
+    order: an ascending pair counts 1, an equal pair ½, a descending pair 0; a response with fewer than two content
+    words scores ½ (chance). Sorted responses score 1; shuffled ones ½ on average."""
+    content = [w for w in response.split() if w in WORD_TOPIC]
+    pairs = list(zip(content, content[1:], strict=False))
+    if not pairs:
+        return 0.5
+    return sum(1.0 if a < b else 0.5 if a == b else 0.0 for a, b in pairs) / len(pairs)
+
+
+# extra demonstration files a built gym can carry besides expert.jsonl / expert_style.jsonl
+# (imitalign.gym.build.build_expert_variant): name -> deterministic transform of a plain demonstration
+DEMO_VARIANTS = {"sorted": sort_content}

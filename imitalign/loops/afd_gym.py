@@ -2,6 +2,7 @@
 
     imitalign afd gym-sft       [--seeds 3] [--out runs/afd_gym]   SFT on demonstrations vs the demonstrator
     imitalign afd gym-bon       [--seeds 3] [--styles plain,style] best-of-N curves per reward source
+                                [--styles sorted]                   (the order style: content words sorted)
     imitalign afd gym-distill   [--seeds 3]                         distilled (SFT on winners, DPO on best-vs-worst)
                                                                     vs reranked
     imitalign afd gym-selfplay  [--seeds 3]                         SPIN and GSIL vs SFT
@@ -11,9 +12,11 @@
 All share one base per seed (``<out>/seed<s>/init``): the gym (:func:`imitalign.gym.build.build_gym`) and π_init,
 a tiny Llama trained from scratch with MLE on the gym's base process (the "pretraining"). π_SFT is π_init
 fine-tuned on the expert demonstrations (``expert.jsonl``, or the style-shifted ``expert_style.jsonl``: the same
-demonstrations with style words the gold reward ignores). Every stage writes ordinary files and is reused when its
-configuration did not change, so an interrupted experiment resumes. Evaluation: samples on the gym's held-out
-prompts, gold reward r* (mean ± se over prompts; with several seeds, mean over seeds ± se over seeds).
+demonstrations with style words the gold reward ignores; or ``expert_sorted.jsonl``, the same demonstrations with
+their content words in alphabetical order, a style of the whole response that leaves word frequencies as they are,
+written next to the gym by :func:`imitalign.gym.build.build_expert_variant`). Every stage writes ordinary files and
+is reused when its configuration did not change, so an interrupted experiment resumes. Evaluation: samples on the
+gym's held-out prompts, gold reward r* (mean ± se over prompts; with several seeds, mean over seeds ± se over seeds).
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ import torch
 
 from imitalign.data.jsonl import read_jsonl, write_jsonl
 from imitalign.eval.metrics import mean_se
-from imitalign.gym.build import GymConfig, GymFiles, build_gym, gym_dir
-from imitalign.gym.task import STYLE, expert_response, stylize
+from imitalign.gym.build import GymConfig, GymFiles, build_expert_variant, build_gym, gym_dir
+from imitalign.gym.task import DEMO_VARIANTS, STYLE, ascending_share, expert_response, stylize
 from imitalign.gym.tokenizer import tiny_llama_config
 from imitalign.loops.afd import AfdConfig, TrainSpec, run_afd, run_config
 from imitalign.loops.bon import BonConfig, SamplingConfig, plot_curves, run_bon
 from imitalign.loops.stages import train_or_reuse, write_json
 
+STYLES = ("plain", "style", *DEMO_VARIANTS)  # demonstration files: expert, expert_style, expert_<variant>
+DEFAULT_STYLES = ("plain", "style")
 THREADS = 1  # tiny models sample and train fastest on one intra-op thread on a shared 2-core machine
 
 
@@ -112,7 +117,10 @@ def demos_path(b: Base, style: str) -> Path:
     if style == "style":
         assert b.files.expert_style is not None
         return b.files.expert_style
-    raise ValueError(f"unknown demonstration style {style!r} (plain, style)")
+    if style in DEMO_VARIANTS:
+        config = GymConfig.model_validate(json.loads(b.files.manifest.read_text())["config"])
+        return build_expert_variant(config, b.files.root, style)
+    raise ValueError(f"unknown demonstration style {style!r} ({', '.join(STYLES)})")
 
 
 def afd_config(b: Base, plan: GymPlan, style: str, modes: Sequence[str] | None = None) -> AfdConfig:
@@ -146,6 +154,17 @@ def style_share(row: dict[str, Any]) -> dict[str, float]:
     """Share of a response's words that are style words (the gold reward ignores them)."""
     words = str(row["response"]).split()
     return {"style_share": sum(w in STYLE for w in words) / len(words) if words else 0.0}
+
+
+def order_share(row: dict[str, Any]) -> dict[str, float]:
+    """:func:`style_share` and the sorted style's measure: the share of adjacent content-word pairs in alphabetical
+    order (:func:`imitalign.gym.task.ascending_share`; 1 for the sorted demonstrations, ½ by chance)."""
+    return {**style_share(row), "order_share": ascending_share(str(row["response"]))}
+
+
+def _suffix(styles: Sequence[str]) -> str:
+    """Output-name suffix: none for the original styles (their tables keep their names), else ``_<styles>``."""
+    return "" if all(s in DEFAULT_STYLES for s in styles) else "_" + "_".join(styles)
 
 
 def evaluate(
@@ -208,6 +227,8 @@ def demonstrator_gold(b: Base, style: str = "plain") -> list[float]:
         y = expert_response(row["prompt"], rng)
         if style == "style":
             y = stylize(y, style_rng)
+        elif style in DEMO_VARIANTS:
+            y = DEMO_VARIANTS[style](y)
         out.append(gold_reward(row["prompt"], y))
     return out
 
@@ -234,8 +255,11 @@ def _cell(v: tuple[float, float]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ experiment 1
-def exp_sft(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1) -> str:
-    """SFT on demonstrations (forward KL) vs the demonstrator's gold reward, plain and style-shifted demos."""
+def exp_sft(
+    root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequence[str] = DEFAULT_STYLES
+) -> str:
+    """SFT on demonstrations (forward KL) vs the demonstrator's gold reward, plain and style-shifted demos (or the
+    ``styles`` asked for; other styles than the default write ``afd_sft_<styles>.md``)."""
     rows: dict[str, list[tuple[float, float]]] = {}
     for seed in range(seeds):
         b = base(root, plan, seed)
@@ -243,7 +267,7 @@ def exp_sft(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1) -> str:
         rows.setdefault("demonstrator (expert)", []).append(mean_se(demo))
         init = cached_eval(b.work / "eval_init.json", b.init, lambda b=b: evaluate(b.init, b, plan))
         rows.setdefault("π_init (base process)", []).append(_ms(init["gold_reward"]))
-        for style in ("plain", "style"):
+        for style in styles:
             sft = sft_model(b, plan, style)
             res = cached_eval(b.work / f"eval_sft_{style}.json", sft, lambda s=sft, b=b: evaluate(s, b, plan))
             rows.setdefault(f"π_SFT on {style} demos", []).append(_ms(res["gold_reward"]))
@@ -253,8 +277,8 @@ def exp_sft(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1) -> str:
     table += [f"| {name} | {_cell(over_seeds(v))} |" for name, v in rows.items()]
     text = "\n".join(table)
     out = Path(root)
-    (out / "afd_sft.md").write_text(text + "\n")
-    write_json(out / "afd_sft.json", {k: [list(x) for x in v] for k, v in rows.items()})
+    (out / f"afd_sft{_suffix(styles)}.md").write_text(text + "\n")
+    write_json(out / f"afd_sft{_suffix(styles)}.json", {k: [list(x) for x in v] for k, v in rows.items()})
     print(text)
     return text
 
@@ -277,11 +301,25 @@ def bon_config(b: Base, plan: GymPlan, style: str, rewards: list[dict[str, Any]]
     )
 
 
-def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequence[str] = ("plain", "style")) -> str:
+def _class_shares(summary_dir: Path) -> dict[str, dict[str, float]]:
+    """Style and order share (:func:`order_share`, mean over rows) of an AfD run's three classes: the
+    demonstrations, π_init's and π_SFT's samples on the demonstration prompts (``classes/*.jsonl``)."""
+    out = {}
+    classes = (("demonstrations", "demos"), ("π_init samples", "init_samples"), ("π_SFT samples", "sft_samples"))
+    for name, file in classes:
+        rows = [order_share(r) for r in read_jsonl(summary_dir / "classes" / f"{file}.jsonl")]
+        out[name] = {k: statistics.fmean(r[k] for r in rows) for k in rows[0]}
+    return out
+
+
+def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequence[str] = DEFAULT_STYLES) -> str:
     """Best-of-N curves per reward source (init-SFT, init-demo, SFT-demo discriminators, the closed form, the
-    oracle), with and without the style shift, over ``seeds`` seeds."""
+    oracle), with and without the style shift, over ``seeds`` seeds. Styles beyond the default (the sorted order
+    style) add the order share of the picks and of the AfD classes, and write ``afd_bon_<styles>.{md,png,json}``."""
     per: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in styles}
     accuracy: dict[str, dict[str, list[float]]] = {s: {} for s in styles}
+    shares: dict[str, list[dict[str, dict[str, float]]]] = {s: [] for s in styles if s in DEMO_VARIANTS}
+    metrics = ("gold", "win_rate", "style_share") + (("order_share",) if shares else ())
     t0 = time.perf_counter()
     for seed in range(seeds):
         b = base(root, plan, seed)
@@ -292,8 +330,11 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
                 acc = info.get("eval", {}).get("accuracy")
                 if acc is not None:
                     accuracy[style].setdefault(mode, []).append(acc)
+            if style in shares:
+                shares[style].append(_class_shares(Path(afd_config(b, plan, style).output_dir)))
             _say(f"seed {seed}, {style}: best-of-N sweep")
-            res = run_bon(bon_config(b, plan, style, summary["rewards"], summary["sft_model"]), extra=style_share)
+            extra = order_share if shares else style_share  # the default styles' outputs stay as they were
+            res = run_bon(bon_config(b, plan, style, summary["rewards"], summary["sft_model"]), extra=extra)
             per[style].append(res["results"])
     panels: dict[str, list[dict[str, Any]]] = {}
     for style, runs in per.items():
@@ -301,13 +342,14 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
         for r0 in runs[0]:
             same = [next(r for r in run if r["source"] == r0["source"] and r["n"] == r0["n"]) for run in runs]
             row = {"source": r0["source"], "n": r0["n"]}
-            for key in ("gold", "win_rate", "proxy", "length", "style_share"):
+            for key in ("gold", "win_rate", "proxy", "length", "style_share", "order_share"):
                 if key in r0:
                     row[key] = over_seeds([_ms(r[key]) for r in same])
             agg.append(row)
         panels[f"{style} demos"] = agg
     out = Path(root)
-    plot_curves(panels, out / "afd_bon.png", metrics=("gold", "win_rate", "style_share"))
+    suffix = _suffix(styles)
+    plot_curves(panels, out / f"afd_bon{suffix}.png", metrics=metrics)
     lines = [
         f"Seeds: {seeds} (cells: mean over seeds ± se over seeds; one seed: ± se over prompts). "
         f"N_max = {plan.n_max}, {plan.gym.n_eval_prompts} held-out prompts. "
@@ -316,7 +358,9 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
     ]
     for style, agg in panels.items():
         ns = sorted({r["n"] for r in agg})
-        for metric in ("gold", "win_rate", "style_share"):
+        for metric in metrics:
+            if metric not in agg[0]:
+                continue
             lines += [
                 f"**{style}: {metric}**",
                 "",
@@ -336,10 +380,21 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
     for style, modes in accuracy.items():
         for mode, accs in modes.items():
             acc_lines.append(f"| {style} | {mode} | {statistics.fmean(accs):.3f} |")
+    for style, runs in shares.items():
+        acc_lines += [
+            "",
+            f"**{style} demos: style and order share of the AfD classes** (mean over seeds ± se over seeds)",
+            "",
+            "| class | style share | order share |",
+            "|---|---|---|",
+        ]
+        for name in runs[0]:
+            cells = [_cell(over_seeds([(r[name][k], math.nan) for r in runs])) for k in ("style_share", "order_share")]
+            acc_lines.append(f"| {name} | " + " | ".join(cells) + " |")
     text = "\n".join(lines + acc_lines)
-    (out / "afd_bon.md").write_text(text + "\n")
+    (out / f"afd_bon{suffix}.md").write_text(text + "\n")
     write_json(
-        out / "afd_bon.json",
+        out / f"afd_bon{suffix}.json",
         {
             "panels": {
                 k: [{kk: (list(vv) if isinstance(vv, tuple) else vv) for kk, vv in r.items()} for r in v]
@@ -347,6 +402,7 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
             },
             "accuracy": accuracy,
             "seeds": seeds,
+            **({"class_shares": shares} if shares else {}),
         },
     )
     print(text)
