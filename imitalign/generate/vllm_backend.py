@@ -1,12 +1,30 @@
 """vLLM as a sampling backend (``generate.backend: vllm``), with the transformers sampler's output schema.
 
-Used only when ``vllm`` is installed (GPU machines); nothing imports it otherwise. ``n`` samples per prompt come
-from one ``SamplingParams(n=K, seed=...)`` request per prompt (vLLM's per-request seed, offset by the prompt's
-global index so that shards do not repeat each other's draws). Token log-probs are vLLM's ``logprobs=0``
-entries of the sampled tokens, requested as raw log-probs of the model (``logprobs_mode="raw_logprobs"``, the
-default of vLLM ≥ 0.10), i.e. ``log π(y_t | ·)`` at temperature 1 as the transformers sampler records them;
-entropies are not available (left empty). The draws are not the transformers sampler's (different RNG):
-compare the two statistically, not row by row.
+Used only when ``vllm`` is installed (GPU machines); nothing imports it otherwise. Written against the source
+of vLLM 0.33.0 (offline ``LLM`` API, V1 engine) and tested against a stand-in with that API's shapes
+(tests/test_vllm_backend.py), not against vLLM itself.
+
+- Requests: one ``TokensPrompt`` (``{"prompt_token_ids": ids}``) and one ``SamplingParams(n=K, logprobs=0,
+  seed=s_i)`` per prompt. vLLM gives the ``j``-th of the ``n`` child requests the seed ``s_i + j``, so
+  ``s_i = (seed · 1_000_003 + i) · K`` (``i`` the prompt's global index) gives every row ``(i, j)`` its own
+  seed, whatever the sharding. The draws are not the transformers sampler's (different RNG): compare the two
+  backends statistically, not row by row. Greedy (``temperature`` 0) needs ``n=1`` in vLLM, so it sends K
+  copies of the prompt.
+- ``sample_idx`` is ``CompletionOutput.index`` (of the copy, for greedy), not the position in ``outputs``.
+- Log-probs: ``logprobs=0`` returns, per generated token, a dict holding only the sampled token's
+  ``Logprob`` (the sampler always puts the sampled token first). With ``logprobs_mode="raw_logprobs"``
+  (passed explicitly; also vLLM's default) these are ``log_softmax`` of the model's logits before
+  temperature, top-p or any processor, i.e. ``log π(y_t | ·)`` at temperature 1, as the transformers sampler
+  records them. Entropies are not available (left empty).
+- EOS: vLLM stops on the tokenizer's EOS and the ``eos_token_id``s of the model's generation config, with
+  ``finish_reason == "stop"``; the stop token stays in ``token_ids`` (and has a log-prob). So a ``"stop"``
+  row keeps it in ``response_ids`` and drops it from ``text``; ``"length"`` rows are unfinished. Any other
+  finish reason (abort, error) raises.
+- ``max_model_len`` is the longest prompt plus ``max_new_tokens`` (vLLM would otherwise reserve the KV cache
+  for the model's whole context).
+
+Not handled: vLLM picks its GPU itself (``cuda:0`` of the visible devices); under ``accelerate launch`` with
+several processes each process needs its own ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
@@ -16,6 +34,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from imitalign.generate.sampler import Sample
+
+GREEDY_EPS = 1e-5  # vLLM treats temperature < 1e-5 as greedy (sampling_params._SAMPLING_EPS)
 
 
 def require_vllm() -> None:
@@ -40,38 +60,64 @@ def sample_vllm(
     llm: Any = None,
 ) -> list[Sample]:
     """``n`` samples of each prompt (ids), as :class:`~imitalign.generate.sampler.Sample` with global
-    ``prompt_index``; ``llm`` reuses a ``vllm.LLM`` already built for ``model_path``."""
+    ``prompt_index``, sorted by ``(prompt_index, sample_idx)``; ``llm`` reuses a ``vllm.LLM`` already built
+    for ``model_path`` (built with ``logprobs_mode="raw_logprobs"``, the default)."""
+    if n < 1 or max_new_tokens < 1:
+        raise ValueError("n and max_new_tokens must be >= 1")
+    if len(prompt_ids) != len(prompt_indices):
+        raise ValueError("prompt_indices must give one index per prompt")
+    if not prompt_ids:
+        return []
     require_vllm()
     from vllm import LLM, SamplingParams
 
     if llm is None:
-        llm = LLM(model=model_path, dtype=dtype, seed=seed)
-    tokenizer = llm.get_tokenizer()
-    eos = tokenizer.eos_token_id
-    params = [
-        SamplingParams(
-            n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed * 1_000_003 + i, logprobs=0
+        llm = LLM(
+            model=model_path,
+            dtype=dtype,
+            seed=seed,
+            logprobs_mode="raw_logprobs",
+            max_model_len=max(len(p) for p in prompt_ids) + max_new_tokens,
         )
-        for i in prompt_indices
-    ]
-    requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+    tokenizer = llm.get_tokenizer()
+    per_request = 1 if temperature < GREEDY_EPS else n
+    requests, params, names = [], [], []
+    for i, ids in zip(prompt_indices, prompt_ids, strict=True):
+        for copy in range(n // per_request):
+            requests.append({"prompt_token_ids": list(ids)})
+            params.append(
+                SamplingParams(
+                    n=per_request,
+                    temperature=temperature,
+                    top_p=top_p,
+                    max_tokens=max_new_tokens,
+                    seed=(seed * 1_000_003 + int(i)) * n + copy,
+                    logprobs=0,
+                )
+            )
+            names.append((int(i), copy * per_request))
     outputs = llm.generate(requests, params, use_tqdm=False)
     samples = []
-    for i, out in zip(prompt_indices, outputs, strict=True):
-        for j, comp in enumerate(out.outputs):
+    for (i, first), out in zip(names, outputs, strict=True):
+        for comp in out.outputs:
             ids = list(comp.token_ids)
-            logps = [
-                float(lp[t].logprob) if lp and t in lp else float("nan")
-                for t, lp in zip(ids, comp.logprobs or [None] * len(ids), strict=True)
-            ]
-            finished = comp.finish_reason == "stop"  # EOS (vLLM keeps the EOS id in token_ids)
-            text_ids = ids[:-1] if ids and ids[-1] == eos else ids
+            steps = list(comp.logprobs or [])
+            if len(steps) != len(ids):
+                raise RuntimeError(f"vLLM returned {len(steps)} log-prob entries for {len(ids)} tokens")
+            logps = []
+            for t, step in zip(ids, steps, strict=True):
+                if not step or t not in step:
+                    raise RuntimeError(f"vLLM's log-probs lack the sampled token {t}")
+                logps.append(float(step[t].logprob))
+            if comp.finish_reason not in ("stop", "length"):
+                raise RuntimeError(f"vLLM request for prompt {i} ended with finish_reason {comp.finish_reason!r}")
+            finished = comp.finish_reason == "stop"  # the stop token (an EOS) is the last of token_ids
             samples.append(
                 Sample(
-                    prompt_index=int(i),
-                    sample_idx=j,
+                    prompt_index=i,
+                    sample_idx=first + int(comp.index),
                     response_ids=ids,
-                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
+                    text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
                     token_logps=logps,
                     finished=finished,
                     token_entropies=[],
