@@ -129,3 +129,19 @@ def test_styles_option_validates() -> None:
     for cmd in ("gym-bon", "gym-sft"):
         result = runner.invoke(app, ["afd", cmd, "--styles", "shouty", "--out", "unused"])
         assert result.exit_code == 2 and "--styles takes distinct names" in result.output
+
+
+@pytest.mark.slow
+def test_sorted_style_runs_through_gym_sft_and_gym_bon(tmp_path: Path) -> None:
+    from imitalign.loops.afd_gym import exp_bon, exp_sft
+    from tests.test_afd_gym import TINY
+
+    out = tmp_path / "afd_gym"
+    assert "π_SFT on sorted demos" in exp_sft(out, TINY, styles=("sorted",))
+    assert (out / "afd_sft_sorted.md").is_file() and not (out / "afd_sft.md").exists()
+    text = exp_bon(out, TINY, styles=("sorted",))
+    assert "sorted demos: order_share" in text and "order share of the AfD classes" in text
+    assert "| demonstrations | 0.000 | 1.000 |" in text  # the sorted demonstrations: no style words, all in order
+    assert "can the discriminators see the style?" in text and "| sft_demo |" in text
+    assert (out / "afd_bon_sorted.md").is_file() and (out / "afd_bon_sorted.png").is_file()
+    assert not (out / "afd_bon.md").exists()

@@ -312,6 +312,31 @@ def _class_shares(summary_dir: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def style_sensitivity(summary: dict[str, Any], summary_dir: Path, style: str) -> dict[str, dict[str, float]]:
+    """Can each discriminator see the ``style`` (a :data:`DEMO_VARIANTS` transform)? For π_SFT's samples on the
+    demonstration prompts (``classes/sft_samples.jsonl``, non-empty): the mean change of the logit when a sample is
+    restyled, ``mean(r(x, f(y)) − r(x, y))``, that change over the sd of ``r(x, y)``, and the share of samples whose
+    logit rises."""
+    from imitalign.reward import load_reward
+
+    transform = DEMO_VARIANTS[style]
+    rows = [r for r in read_jsonl(summary_dir / "classes" / "sft_samples.jsonl") if str(r["response"]).strip()]
+    raw = [{"prompt": r["prompt"], "response": r["response"]} for r in rows]
+    styled = [{"prompt": r["prompt"], "response": transform(r["response"])} for r in rows]
+    out = {}
+    for mode, info in summary["modes"].items():
+        src = load_reward({"kind": "discriminator", "path": info["model_dir"], "chat_template": "none",
+                           "max_length": int(summary.get("max_length", 96))})
+        a, b = src.score(raw), src.score(styled)
+        diffs = [y - x for x, y in zip(a, b, strict=True)]
+        out[mode] = {
+            "logit change": statistics.fmean(diffs),
+            "change / sd": statistics.fmean(diffs) / statistics.stdev(a),
+            "share rising": sum(d > 0 for d in diffs) / len(diffs),
+        }
+    return out
+
+
 def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequence[str] = DEFAULT_STYLES) -> str:
     """Best-of-N curves per reward source (init-SFT, init-demo, SFT-demo discriminators, the closed form, the
     oracle), with and without the style shift, over ``seeds`` seeds. Styles beyond the default (the sorted order
@@ -319,6 +344,7 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
     per: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in styles}
     accuracy: dict[str, dict[str, list[float]]] = {s: {} for s in styles}
     shares: dict[str, list[dict[str, dict[str, float]]]] = {s: [] for s in styles if s in DEMO_VARIANTS}
+    sensitivity: dict[str, list[dict[str, dict[str, float]]]] = {s: [] for s in shares}
     metrics = ("gold", "win_rate", "style_share") + (("order_share",) if shares else ())
     t0 = time.perf_counter()
     for seed in range(seeds):
@@ -331,7 +357,9 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
                 if acc is not None:
                     accuracy[style].setdefault(mode, []).append(acc)
             if style in shares:
-                shares[style].append(_class_shares(Path(afd_config(b, plan, style).output_dir)))
+                afd_dir = Path(afd_config(b, plan, style).output_dir)
+                shares[style].append(_class_shares(afd_dir))
+                sensitivity[style].append(style_sensitivity({**summary, "max_length": plan.max_length}, afd_dir, style))
             _say(f"seed {seed}, {style}: best-of-N sweep")
             extra = order_share if shares else style_share  # the default styles' outputs stay as they were
             res = run_bon(bon_config(b, plan, style, summary["rewards"], summary["sft_model"]), extra=extra)
@@ -391,6 +419,19 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
         for name in runs[0]:
             cells = [_cell(over_seeds([(r[name][k], math.nan) for r in runs])) for k in ("style_share", "order_share")]
             acc_lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for style, runs in sensitivity.items():
+        keys = list(next(iter(runs[0].values())))
+        acc_lines += [
+            "",
+            f"**{style} demos: can the discriminators see the style?** π_SFT's samples on the demonstration prompts, "
+            f"each scored as sampled and restyled ({style}); mean over seeds ± se over seeds",
+            "",
+            "| discriminator | " + " | ".join(keys) + " |",
+            "|---|" + "---|" * len(keys),
+        ]
+        for mode in runs[0]:
+            cells = [_cell(over_seeds([(r[mode][k], math.nan) for r in runs])) for k in keys]
+            acc_lines.append(f"| {mode} | " + " | ".join(cells) + " |")
     text = "\n".join(lines + acc_lines)
     (out / f"afd_bon{suffix}.md").write_text(text + "\n")
     write_json(
@@ -402,7 +443,7 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
             },
             "accuracy": accuracy,
             "seeds": seeds,
-            **({"class_shares": shares} if shares else {}),
+            **({"class_shares": shares, "style_sensitivity": sensitivity} if shares else {}),
         },
     )
     print(text)
