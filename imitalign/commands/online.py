@@ -133,14 +133,21 @@ def pairs(
 def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
     from imitalign.config import ConfigError
     from imitalign.loops.iterate import read_iterate_config, resolve_config, run_iterate
+    from imitalign.loops.stages import is_main, process_count
 
     setup_logging()
     raw = read_iterate_config(config, set_ or [])
     if need_rejection and not raw.get("rejection"):
         raise ConfigError(f"{config}: `imitalign rejection` needs a rejection section (etas, acceptance, form)")
+    if raw.get("gym") and process_count() > 1:
+        raise ConfigError(
+            f"{config}: a gym section builds the gym, its SFT model and reward model, which runs in one process: "
+            "run gym configs without accelerate launch, or give model and data paths instead of ${gym.*}"
+        )
     cfg = resolve_config(raw, config)
     result = run_iterate(cfg, quiet=False)
-    typer.echo(f"report: {result.report}")
+    if is_main():
+        typer.echo(f"report: {result.report}")
 
 
 @app.command()

@@ -86,7 +86,15 @@ from imitalign.loops.pairs import (
 )
 from imitalign.loops.rejection import accept
 from imitalign.loops.scoring import check_samples, read_rows, write_rows
-from imitalign.loops.stages import model_fingerprint, read_json, train_or_reuse, write_json
+from imitalign.loops.stages import (
+    is_main,
+    model_fingerprint,
+    on_main,
+    read_json,
+    todo,
+    train_or_reuse,
+    write_json,
+)
 from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
 
 log = logging.getLogger(__name__)
@@ -427,6 +435,8 @@ def _sample_stage(cfg: IterateConfig, rd: Path, t: int, model: str, pi0: str) ->
         policy="enhancer",
         **common,
     )
+    if not is_main():  # the main process merges the two files
+        return {}
     rows = read_rows(rd / "samples_policy.jsonl")
     for row in read_rows(rd / "samples_enhancer.jsonl"):
         rows.append({**row, "sample_idx": row["sample_idx"] + k_p})
@@ -505,6 +515,89 @@ def _same_run(saved: Any, dumped: dict[str, Any]) -> bool:
         return False
 
 
+def _eval_stage(
+    cfg: IterateConfig, pf: Preflight, model_dir: str, pi0: Any, baseline: list[float] | None, rd: Path
+) -> None:
+    t0 = time.perf_counter()
+    res = _evaluate(cfg, pf, model_dir, pi0, baseline)
+    res["seconds"] = time.perf_counter() - t0
+    write_json(rd / "eval.json", res)
+
+
+def _offline_stage(cfg: IterateConfig, rd: Path) -> None:
+    """The offline baseline's training file: the fixed preference file's rows, copied as they are."""
+    from imitalign.data.sources import iter_rows
+
+    assert cfg.offline is not None
+    rows = [row for _, row in iter_rows(cfg.offline.path, cfg.offline.split, cfg.offline.limit)]
+    write_rows(rd / "train_data.jsonl", rows)
+    write_json(rd / "selection.json", {"offline": cfg.offline.path, "train_examples": len(rows)})
+
+
+def _score_stage(cfg: IterateConfig, pf: Preflight, rd: Path) -> None:
+    """``scored.jsonl`` (the samples with ``score`` and, on the gym, ``gold``) and ``scoring.json``."""
+    rows = read_rows(rd / "samples.jsonl")
+    check_samples(rows, cfg.generate.k, str(rd / "samples.jsonl"))
+    t0 = time.perf_counter()
+    scores = None if pf.reward is None else score_rows(pf.reward, rows, batch_size=cfg.reward.batch_size * 8)  # type: ignore[union-attr]
+    seconds = time.perf_counter() - t0
+    loop_gold = cfg.reward is not None and cfg.reward.kind == "gold"
+    gold = None
+    eval_gold = cfg.eval is not None and cfg.eval.reward is not None and cfg.eval.reward.kind == "gold"
+    if eval_gold and not loop_gold:
+        gold = score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]  # logged next to the samples
+    out_rows = []
+    for i, row in enumerate(rows):
+        if scores is not None:
+            row = {**row, "score": scores[i]}
+        if gold is not None:
+            row["gold"] = gold[i]
+        elif loop_gold:
+            row["gold"] = scores[i]  # type: ignore[index]
+        out_rows.append(row)
+    write_rows(rd / "scored.jsonl", out_rows)
+    write_json(
+        rd / "scoring.json",
+        {
+            "seconds": seconds,
+            "rows": len(rows),
+            "reward": None if pf.reward is None else pf.reward.name,
+            "mean_score": None if scores is None else statistics.fmean(scores),
+        },
+    )
+
+
+def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_set: Any) -> Any:
+    """``prompts.jsonl``: the round's slice of the prompt set (loaded once, returned for the next rounds)."""
+    from imitalign.generate.kshot import RESERVED, load_prompt_set
+
+    assert cfg.prompts is not None
+    if prompt_set is None:
+        data = _data_section(cfg)
+        prompt_set = load_prompt_set(
+            cfg.prompts.source,
+            pf.tokenizer,
+            chat_template=data["chat_template"],
+            system_prompt=data.get("system_prompt"),
+            max_length=data["max_length"],
+            max_prompt_length=data.get("max_prompt_length"),
+            max_new_tokens=cfg.generate.max_new_tokens,
+        )
+    idx = _round_prompts(cfg, len(prompt_set), t)
+    write_rows(
+        rd / "prompts.jsonl",
+        [
+            {
+                **{k: v for k, v in prompt_set.extras[i].items() if k not in RESERVED},
+                "prompt": prompt_set.prompts[i],
+                "source_index": i,
+            }
+            for i in idx
+        ],
+    )
+    return prompt_set
+
+
 def run_iterate(
     cfg: IterateConfig,
     *,
@@ -513,9 +606,15 @@ def run_iterate(
     quiet: bool = True,
 ) -> IterateResult:
     """Run (or resume) the loop of ``cfg`` (module docstring). ``on_stage(round, stage)`` is called after each
-    stage this call executes (raise :class:`Interrupted` in it to stop)."""
+    stage this call executes (raise :class:`Interrupted` in it to stop).
+
+    Under ``accelerate launch`` every process runs this function: the main process decides which stages are
+    finished and writes every file (prompts, scores, pairs, evaluations, report) while the others wait; sampling
+    is sharded over the processes (exactly K per prompt) and training is data-parallel through the one loop."""
     root = Path(cfg.run.output_dir)
-    say = say or (lambda m: print(f"[iterate] {m}", flush=True))
+    main = is_main()
+    _say = say or (lambda m: print(f"[iterate] {m}", flush=True))
+    say = _say if main else (lambda m: None)
     saved = root / "iterate_config.yaml"
     dumped = cfg.model_dump(mode="json")
     if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
@@ -523,10 +622,14 @@ def run_iterate(
             f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
         )
     pf = preflight(cfg, say)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = saved.with_name(saved.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
-    tmp.replace(saved)
+
+    def save_config() -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = saved.with_name(saved.name + ".tmp")
+        tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
+        tmp.replace(saved)
+
+    on_main(save_config)
     ran: list[tuple[int, str]] = []
 
     def done(t: int, stage: str) -> None:
@@ -535,128 +638,83 @@ def run_iterate(
             on_stage(t, stage)
 
     pi0 = cfg.policy
-    pi0_fp = model_fingerprint(pi0) if Path(pi0).is_dir() else None
-    pi0_model = _load_causal(pi0) if cfg.eval is not None else None
+    pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
+    pi0_model = _load_causal(pi0) if cfg.eval is not None and main else None
 
     # round 0: π_0 itself
     r0 = root / "round_0"
     baseline = None
     if cfg.eval is not None:
-        if not (r0 / "eval.json").exists():
-            t0 = time.perf_counter()
-            res = _evaluate(cfg, pf, pi0, pi0_model, None)
-            res["seconds"] = time.perf_counter() - t0
-            write_json(r0 / "eval.json", res)
+        if todo(r0 / "eval.json"):
+            on_main(lambda: _eval_stage(cfg, pf, pi0, pi0_model, None, r0))
             done(0, "eval")
         baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
 
-    from imitalign.generate.kshot import RESERVED, load_prompt_set
-
-    data = _data_section(cfg)
     prompt_set = None
     model = pi0
     for t in range(1, cfg.rounds + 1):
         rd = root / f"round_{t}"
-        rd.mkdir(parents=True, exist_ok=True)
-        if cfg.offline is not None and not (rd / "train_data.jsonl").exists():  # the offline baseline
-            from imitalign.data.sources import iter_rows
-
-            rows = [row for _, row in iter_rows(cfg.offline.path, cfg.offline.split, cfg.offline.limit)]
-            write_rows(rd / "train_data.jsonl", rows)
-            write_json(rd / "selection.json", {"offline": cfg.offline.path, "train_examples": len(rows)})
+        on_main(lambda rd=rd: rd.mkdir(parents=True, exist_ok=True))
+        if cfg.offline is not None and todo(rd / "train_data.jsonl"):  # the offline baseline
+            on_main(lambda rd=rd: _offline_stage(cfg, rd))
             done(t, "pairs")
-        # prompts
-        if cfg.offline is None and not (rd / "prompts.jsonl").exists():
-            if prompt_set is None:
-                prompt_set = load_prompt_set(
-                    cfg.prompts.source,
-                    pf.tokenizer,
-                    chat_template=data["chat_template"],
-                    system_prompt=data.get("system_prompt"),
-                    max_length=data["max_length"],
-                    max_prompt_length=data.get("max_prompt_length"),
-                    max_new_tokens=cfg.generate.max_new_tokens,
-                )
-            idx = _round_prompts(cfg, len(prompt_set), t)
-            write_rows(
-                rd / "prompts.jsonl",
-                [
-                    {
-                        **{k: v for k, v in prompt_set.extras[i].items() if k not in RESERVED},
-                        "prompt": prompt_set.prompts[i],
-                        "source_index": i,
-                    }
-                    for i in idx
-                ],
-            )
-            done(t, "prompts")
-        # samples
-        if cfg.offline is None and not (rd / "samples.jsonl").exists():
-            info = _sample_stage(cfg, rd, t, model, pi0)
-            write_json(rd / "generation.json", info["generation"])
-            say(
-                f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
-                f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
-            )
-            done(t, "samples")
-        # scored
-        if cfg.offline is None and not (rd / "scored.jsonl").exists():
-            rows = read_rows(rd / "samples.jsonl")
-            check_samples(rows, cfg.generate.k, str(rd / "samples.jsonl"))
-            t0 = time.perf_counter()
-            scores = None if pf.reward is None else score_rows(pf.reward, rows, batch_size=cfg.reward.batch_size * 8)
-            seconds = time.perf_counter() - t0
-            loop_gold = cfg.reward is not None and cfg.reward.kind == "gold"
-            gold = None
-            eval_gold = cfg.eval is not None and cfg.eval.reward is not None and cfg.eval.reward.kind == "gold"
-            if eval_gold and not loop_gold:
-                gold = score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]  # logged next to the samples
-            out_rows = []
-            for i, row in enumerate(rows):
-                if scores is not None:
-                    row = {**row, "score": scores[i]}
-                if gold is not None:
-                    row["gold"] = gold[i]
-                elif loop_gold:
-                    row["gold"] = scores[i]  # type: ignore[index]
-                out_rows.append(row)
-            write_rows(rd / "scored.jsonl", out_rows)
-            write_json(
-                rd / "scoring.json",
-                {
-                    "seconds": seconds,
-                    "rows": len(rows),
-                    "reward": None if pf.reward is None else pf.reward.name,
-                    "mean_score": None if scores is None else statistics.fmean(scores),
-                },
-            )
-            done(t, "scored")
+        if cfg.offline is None:
+            if todo(rd / "prompts.jsonl"):
+                prompt_set = on_main(lambda rd=rd, t=t, ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
+                done(t, "prompts")
+            if todo(rd / "samples.jsonl"):  # every process samples its shard of the prompts
+                info = _sample_stage(cfg, rd, t, model, pi0)
+
+                def generated(info: dict[str, Any] = info, rd: Path = rd, t: int = t) -> None:
+                    write_json(rd / "generation.json", info["generation"])
+                    say(
+                        f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
+                        f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
+                    )
+
+                on_main(generated)
+                done(t, "samples")
+            if todo(rd / "scored.jsonl"):
+                on_main(lambda rd=rd: _score_stage(cfg, pf, rd))
+                done(t, "scored")
         # pairs / accepted
-        if not (rd / "train_data.jsonl").exists():
-            _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
-            write_json(rd / "selection.json", info)
-            say(f"round {t}: {info.get('pairs', info.get('rejection'))}")
+        if todo(rd / "train_data.jsonl"):
+
+            def select(rd: Path = rd, t: int = t) -> None:
+                _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
+                write_json(rd / "selection.json", info)
+                say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
+
+            on_main(select)
             done(t, "pairs")
         # train
         if cfg.start == "retrain_union":
             data_path = rd / "union_train_data.jsonl"
             own = cfg.pairs.mode == OWN_SAMPLES
-            for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
-                path = rd / f"union_{name}"
-                if not path.exists():
-                    write_rows(path, [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)])
+
+            def union(rd: Path = rd, t: int = t, own: bool = own) -> None:
+                for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
+                    path = rd / f"union_{name}"
+                    if not path.exists():
+                        rows = [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)]
+                        write_rows(path, rows)
+
+            on_main(union)
             init = pi0
         else:
             data_path, init = rd / "train_data.jsonl", model
         ref = pi0 if cfg.reference == "initial" else model
         tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
-        if not (rd / "training.json").exists():
+        if todo(rd / "training.json"):
             t0 = time.perf_counter()
-            summary = train_or_reuse(tcfg, say=say, quiet=quiet)
-            write_json(
-                rd / "training.json",
-                {
-                    "seconds": time.perf_counter() - t0,
+            summary = train_or_reuse(tcfg, say=say, quiet=quiet or not main)
+            seconds = time.perf_counter() - t0
+
+            def trained(
+                rd: Path = rd, init: str = init, ref: str = ref, summary: dict = summary, sec: float = seconds
+            ) -> None:
+                record = {
+                    "seconds": sec,
                     "init": init,
                     "reference": ref,
                     "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
@@ -664,24 +722,23 @@ def run_iterate(
                     "steps": summary["steps"],
                     "train": summary.get("train", {}),
                     "eval": summary.get("eval", {}),
-                },
-            )
+                }
+                write_json(rd / "training.json", record)
+
+            on_main(trained)
             done(t, "train")
         else:
             summary = train_or_reuse(tcfg, say=say, quiet=quiet)  # reuses the finished run (same config)
         model = summary["model_dir"]
         # eval
-        if cfg.eval is not None and not (rd / "eval.json").exists():
-            t0 = time.perf_counter()
-            res = _evaluate(cfg, pf, model, pi0_model, baseline)
-            res["seconds"] = time.perf_counter() - t0
-            write_json(rd / "eval.json", res)
+        if cfg.eval is not None and todo(rd / "eval.json"):
+            on_main(lambda rd=rd, model=model: _eval_stage(cfg, pf, model, pi0_model, baseline, rd))
             done(t, "eval")
         if cfg.eval is not None:
             g = read_json(rd / "eval.json")["gold_reward"]
             say(f"round {t}: eval reward {g['mean']:.4f} ± {g['se']:.4f}")
     rows = collect_rows(root, cfg.rounds)
     table = round_table(rows)
-    report = write_iterate_report(root, cfg, rows, table)
+    on_main(lambda: write_iterate_report(root, cfg, rows, table))
     say("\n" + table)
-    return IterateResult(root, rows, table, report, ran)
+    return IterateResult(root, rows, table, root / "report.md", ran)

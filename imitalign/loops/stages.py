@@ -29,19 +29,88 @@ def _say(msg: str) -> None:
     print(f"[quickstart] {msg}", flush=True)
 
 
+# ------------------------------------------------------------------------------------------ processes
+# Under ``accelerate launch`` every process runs the same loop: the main process decides whether a stage is
+# finished (its file exists) and everyone follows that decision; files are written by the main process only, and
+# the others wait at a barrier. Sampling and training run in every process (sharded prompts; data-parallel
+# training). Without a launcher there is one process and these are no-ops.
+def process_state() -> Any:
+    """accelerate's process state (gloo on a CPU-only machine, as the sampler and the training loop use)."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def process_count() -> int:
+    return int(process_state().num_processes)
+
+
+def is_main() -> bool:
+    return bool(process_state().is_main_process)
+
+
+def barrier() -> None:
+    state = process_state()
+    if state.num_processes > 1:
+        state.wait_for_everyone()
+
+
+def from_main(obj: Any) -> Any:
+    """The main process's ``obj`` (picklable), on every process (one broadcast; no-op in one process)."""
+    state = process_state()
+    if state.num_processes == 1:
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj], from_process=0)[0]
+
+
+def main_decides(flag: bool) -> bool:
+    """The main process's ``flag``, on every process."""
+    return bool(from_main(flag))
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on the main process only (the others wait); returns its value on the main process, None
+    elsewhere. An exception on the main process is raised on every process, so none waits forever."""
+    out, err = None, None
+    if is_main():
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, here and on the other processes
+            err = e
+    message = from_main(None if err is None else f"{type(err).__name__}: {err}")
+    if err is not None:
+        raise err
+    if message is not None:
+        raise RuntimeError(f"the main process failed: {message}")
+    return out
+
+
+def todo(path: str | Path) -> bool:
+    """Whether the stage whose output is ``path`` still has to run — the main process's view, on every process
+    (so a process that looks after the main one has written the file still runs the stage with it)."""
+    return main_decides(not Path(path).exists())
+
+
 def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool = False) -> dict[str, Any]:
     """Train, unless the run folder already holds a finished run of exactly this configuration; returns the
-    run's ``summary.json``. An unfinished or different run in the folder is removed and trained again."""
+    run's ``summary.json``. An unfinished or different run in the folder is removed and trained again. Under
+    ``accelerate launch`` every process trains (data-parallel); the main process decides and cleans up."""
     from imitalign.train.loop import train
 
     run_dir = Path(cfg.run.output_dir)
     summary, saved = run_dir / "summary.json", run_dir / "config.yaml"
-    if summary.exists() and saved.exists() and _same_config(saved, cfg):
-        say(f"reusing {run_dir}")
+    if main_decides(summary.exists() and saved.exists() and _same_config(saved, cfg)):
+        if is_main():
+            say(f"reusing {run_dir}")
         return json.loads(summary.read_text())
-    if run_dir.exists():
+    if is_main() and run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished or different run: start it again
+    barrier()
     result = train(cfg, quiet=quiet)
+    barrier()  # the main process writes summary.json last
     return json.loads((result.run_dir / "summary.json").read_text())
 
 
