@@ -6,11 +6,14 @@ responses are used, and the report says so); any row feeds ``prompt``.
 
 The eval split is ``data.eval`` when given, else ``eval_fraction`` of the train rows, held out by a seeded
 shuffle of the parsed records (so the split is the same whatever the tokenizer). ``validate_data`` runs the
-reading and parsing half without a tokenizer, so the command line can check data before any model loads.
+reading and parsing half without a tokenizer, so the command line can check data before any model loads;
+``parse_data`` / ``parse_split`` do the same and keep the records, which ``build_datasets`` / ``load_split``
+take (``parsed=``) so that a file is read and parsed once (``train()``: parse, load the model, tokenise).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import random
@@ -179,6 +182,23 @@ class DataSplits(NamedTuple):
     report: DataReport
 
 
+class ParsedSplit(NamedTuple):
+    """One source read and parsed (records in the shape of the kind), not tokenised."""
+
+    records: list[Record]
+    report: SplitReport
+
+
+class ParsedData(NamedTuple):
+    """A config's data read and parsed (``parse_data``): records of each split and the untokenised report."""
+
+    train: list[Record]
+    eval: list[Record]
+    report: DataReport
+    seed: int  # of the eval_fraction hold-out
+    strict: bool
+
+
 def read_records(
     source: DataSource, *, strict: bool = False, kind: str | None = None
 ) -> tuple[list[Record], ParseStats]:
@@ -266,12 +286,13 @@ def _tokenize_split(
     return kept
 
 
-def _parse_source(name: str, source: DataSource, kind: str, strict: bool) -> tuple[list[Record], SplitReport]:
+def parse_split(source: DataSource, kind: str, *, name: str = "train", strict: bool = False) -> ParsedSplit:
+    """Read and parse one source for ``kind`` (no tokenizer); a :class:`DataError` on bad or unusable input."""
     records, stats = read_records(source, strict=strict, kind=kind)
     report = SplitReport.from_parse(name, stats)
     if not records:
         raise DataError(f"{source.path}: no usable rows, all {stats.rows_read} were skipped\n{report.summary()}")
-    return as_kind(records, kind, report), report
+    return ParsedSplit(as_kind(records, kind, report), report)
 
 
 def load_split(
@@ -284,10 +305,15 @@ def load_split(
     strict: bool = False,
     check_boundary: bool = False,
     name: str = "train",
+    parsed: ParsedSplit | None = None,
 ) -> tuple[list[Tokenized], SplitReport]:
-    """Read, parse and tokenise one source: the examples kept and the :class:`SplitReport`."""
+    """Read, parse and tokenise one source: the examples kept and the :class:`SplitReport`. ``parsed`` (from
+    :func:`parse_split` of the same source and kind) skips reading and parsing; it is left as it was."""
     renderer = renderer or Renderer(tokenizer, data_cfg.chat_template, data_cfg.system_prompt)
-    records, report = _parse_source(name, source, kind, strict)
+    if parsed is None:
+        records, report = parse_split(source, kind, name=name, strict=strict)
+    else:
+        records, report = parsed.records, copy.deepcopy(parsed.report)
     return _tokenize_split(records, kind, tokenizer, renderer, data_cfg, report, check_boundary), report
 
 
@@ -312,19 +338,24 @@ def _hold_out(
     return train, evals, eval_report
 
 
-def _plan(
-    data_cfg: DataConfig, kind: str, seed: int, strict: bool
-) -> tuple[list, list, SplitReport, SplitReport | None]:
-    train, train_report = _parse_source("train", data_cfg.train, kind, strict)
+def parse_data(data_cfg: DataConfig, kind: str, *, seed: int = 0, strict: bool = False) -> ParsedData:
+    """Read and parse the data of a config without a tokenizer (before any model loads), keeping the records:
+    what :func:`validate_data` checks, for :func:`build_datasets` (``parsed=``) to tokenise."""
+    if kind not in KINDS:
+        raise DataError(f"unknown example kind {kind!r}; known: {', '.join(KINDS)}")
+    if data_cfg.chat_template not in ("auto", "none"):
+        load_template(data_cfg.chat_template)  # an unknown name or missing file fails here, not after loading
+    train, train_report = parse_split(data_cfg.train, kind, name="train", strict=strict)
     evals: list[Record] = []
     eval_report: SplitReport | None = None
     if data_cfg.eval is not None:
-        evals, eval_report = _parse_source("eval", data_cfg.eval, kind, strict)
+        evals, eval_report = parse_split(data_cfg.eval, kind, name="eval", strict=strict)
         if data_cfg.eval_fraction:
             train_report.notes.append("eval_fraction ignored: data.eval is given")
     elif data_cfg.eval_fraction:
         train, evals, eval_report = _hold_out(train, train_report, data_cfg.eval_fraction, seed)
-    return train, evals, train_report, eval_report
+    report = DataReport(kind, None, data_cfg.max_length, data_cfg.max_prompt_length, train_report, eval_report)
+    return ParsedData(train, evals, report, seed, strict)
 
 
 def _log(report: DataReport) -> None:
@@ -343,15 +374,26 @@ def build_datasets(
     strict: bool = False,
     check_boundary: bool = False,
     log: bool = True,
+    parsed: ParsedData | None = None,
 ) -> DataSplits:
     """Train and eval examples for ``kind`` plus the :class:`DataReport`.
 
     Splits that skipped or dropped rows log one warning line each (``log=False`` leaves that to the caller).
     ``seed`` drives the ``eval_fraction`` hold-out (pass ``run.seed``); ``strict`` makes any skipped row an
     error; ``check_boundary`` counts the rows whose prompt/response split differs from tokenising the whole.
+    ``parsed`` (:func:`parse_data` of the same config, kind, seed and strictness) skips reading and parsing;
+    it is left as it was.
     """
     renderer = Renderer(tokenizer, data_cfg.chat_template, data_cfg.system_prompt)
-    train_recs, eval_recs, train_report, eval_report = _plan(data_cfg, kind, seed, strict)
+    if parsed is None:
+        parsed = parse_data(data_cfg, kind, seed=seed, strict=strict)
+    elif (parsed.report.kind, parsed.seed, parsed.strict) != (kind, seed, strict):
+        raise ValueError(
+            f"build_datasets: parsed data of kind {parsed.report.kind!r}, seed {parsed.seed}, strict "
+            f"{parsed.strict}, asked for kind {kind!r}, seed {seed}, strict {strict}"
+        )
+    train_recs, eval_recs = parsed.train, parsed.eval
+    train_report, eval_report = copy.deepcopy(parsed.report.train), copy.deepcopy(parsed.report.eval)
     train = _tokenize_split(train_recs, kind, tokenizer, renderer, data_cfg, train_report, check_boundary)
     evals: list[Tokenized] = []
     if eval_report is not None:
@@ -370,12 +412,7 @@ def validate_data(
     Raises :class:`DataError` with file, line and field on bad input; returns the :class:`DataReport`
     (rows read, parsed, skipped by reason, the eval hold-out).
     """
-    if kind not in KINDS:
-        raise DataError(f"unknown example kind {kind!r}; known: {', '.join(KINDS)}")
-    if data_cfg.chat_template not in ("auto", "none"):
-        load_template(data_cfg.chat_template)  # an unknown name or missing file fails here, not after loading
-    _, _, train_report, eval_report = _plan(data_cfg, kind, seed, strict)
-    report = DataReport(kind, None, data_cfg.max_length, data_cfg.max_prompt_length, train_report, eval_report)
+    report = parse_data(data_cfg, kind, seed=seed, strict=strict).report
     if log:
         _log(report)
     return report

@@ -1,7 +1,8 @@
 """The one training loop. Every method — SFT, DIL, DPO, IQLearn, each round of an iterative loop — runs here.
 
-    setup    seed · accelerator · config and data validated before any model loads · tokenizer, policy
-             · data tokenised · reference log-probs (precomputed once, or a frozen/adapter reference)
+    setup    seed · accelerator · config and data read, parsed and validated (once) before any model loads
+             · tokenizer, policy · the parsed data tokenised · reference log-probs (precomputed once, or a
+             frozen/adapter reference)
     train    for each optimiser step: micro-batches (hand-accumulated, DDP sync on the last) → loss →
              clip → AdamW → schedule; log · eval · atomic checkpoint; stop on a non-finite loss
     cleanup  final eval · ``save_pretrained`` model + tokenizer · summary.json
@@ -40,7 +41,7 @@ from imitalign.data.collate import (
     pad_id_for,
     with_target_index,
 )
-from imitalign.data.dataset import build_datasets, load_split, validate_data
+from imitalign.data.dataset import ParsedSplit, build_datasets, load_split, parse_data, parse_split
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
@@ -148,8 +149,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     if spec.kind not in DATA_KIND:
         raise NotImplementedError(f"objective {spec.name!r} of kind {spec.kind!r} is trained by its own command")
     fn = objectives.build(cfg.objective.name, cfg.objective.options)
-    validate_data(cfg.data, DATA_KIND[spec.kind])  # before any model loads
-    _check_policy_samples(cfg, spec, fn)
+    parsed = parse_data(cfg.data, DATA_KIND[spec.kind], seed=cfg.run.seed)  # before any model loads; kept
+    parsed_own = _check_policy_samples(cfg, spec, fn)
     label_of = read_labels(cfg.data) if spec.kind == "classifier" else None
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -184,11 +185,14 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         model, tok = load_score_model(cfg.model, cfg.run.seed)
     else:
         model, tok = load_policy(cfg.model, cfg.run.seed)
-    train_items, eval_items, report = build_datasets(cfg.data, tok, DATA_KIND[spec.kind], seed=cfg.run.seed)
+    train_items, eval_items, report = build_datasets(
+        cfg.data, tok, DATA_KIND[spec.kind], seed=cfg.run.seed, parsed=parsed
+    )
     policy_items: list = []  # the policy's own samples (online IQLearn): TD term only, an order of their own
     if cfg.data.policy_samples is not None:
         policy_items, policy_report = load_split(cfg.data.policy_samples, "demonstration", tok, cfg.data,
-                                                 name="policy_samples")
+                                                 name="policy_samples", parsed=parsed_own)
+    del parsed, parsed_own  # the records are tokenised: free them
     if main:
         saved_report = report.to_dict()
         if cfg.data.policy_samples is not None:
@@ -456,15 +460,17 @@ def _responses(item: Any) -> list[list[int]]:
     return [item.response_ids]
 
 
-def _check_policy_samples(cfg: Config, spec: objectives.ObjectiveSpec, fn: Any) -> None:
+def _check_policy_samples(cfg: Config, spec: objectives.ObjectiveSpec, fn: Any) -> ParsedSplit | None:
     """Before any model loads: ``data.policy_samples`` only with a token objective that takes them, its data
     readable, and the objective's options valid (a dry call on one token: e.g. iqlearn's α ∉ [0, 1], or α > 0
-    without own samples, is a :class:`~imitalign.config.ConfigError` here, not a crash at the first step)."""
+    without own samples, is a :class:`~imitalign.config.ConfigError` here, not a crash at the first step).
+    Returns the parsed own samples (None without them), to be tokenised once the tokenizer is loaded."""
     import inspect
 
     from imitalign.config import ConfigError
 
     own = cfg.data.policy_samples
+    parsed = None
     takes_own = "policy_token_logps" in inspect.signature(spec.fn).parameters
     if own is not None:
         if spec.kind != "token" or not takes_own:
@@ -472,9 +478,9 @@ def _check_policy_samples(cfg: Config, spec: objectives.ObjectiveSpec, fn: Any) 
                 f"data.policy_samples: objective {spec.name!r} does not use the policy's own samples "
                 "(they feed the TD term of iqlearn with alpha > 0)"
             )
-        validate_data(cfg.data.model_copy(update={"train": own, "eval": None, "eval_fraction": 0.0}), "demonstration")
+        parsed = parse_split(own, "demonstration", name="policy_samples")
     if spec.kind != "token":
-        return
+        return parsed
     one = torch.zeros(1, 1)
     mask = torch.ones(1, 1, dtype=torch.bool)
     kw = {"policy_token_logps": one, "policy_token_mask": mask, "policy_token_values": one} if own else {}
@@ -482,6 +488,7 @@ def _check_policy_samples(cfg: Config, spec: objectives.ObjectiveSpec, fn: Any) 
         fn(one, mask, one if spec.needs_values else None, **kw)
     except ValueError as e:
         raise ConfigError(f"objective {spec.name!r}: {e}") from None
+    return parsed
 
 
 def _policy_order(n: int, seed: int, step: int, global_batch: int) -> list[int]:
