@@ -179,7 +179,7 @@ def test_bradley_terry_folder_is_not_a_discriminator(tmp_path: Path) -> None:
         ("afd_hh_gemma2b.yaml", "afd"),
         ("afd_bon_gym.yaml", "bon"),
         ("afd_spin_gym.yaml", "iterate"),
-        ("iqlearn_online_gym.yaml", "train"),
+        ("iqlearn_online_gym.yaml", "iterate"),
         ("iqlearn_tldr_qwen.yaml", "train"),
     ],
 )

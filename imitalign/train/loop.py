@@ -449,7 +449,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             "model_dir": str(model_dir),
         }
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it destroys the process group, which belongs to the
+        tracker.finish()  # process (imitalign iterate trains several times in one launch); torchrun tears it down
+    accelerator.wait_for_everyone()  # summary.json is written before any process returns
     return result
 
 
