@@ -198,7 +198,7 @@ def test_shipped_configs_validate(name: str, loader: str) -> None:
     elif loader == "bon":
         assert load_bon_config(path).n_max == 64
     elif loader == "iterate":
-        assert parse_iterate_config(yaml.safe_load(path.read_text())).pairs.mode == "self_play"
+        assert parse_iterate_config(yaml.safe_load(path.read_text())).pairs.mode in ("self_play", "own_samples")
     else:
         cfg = load_config(path)
         assert cfg.objective.name == "iqlearn"
