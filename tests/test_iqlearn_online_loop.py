@@ -24,6 +24,7 @@ def test_own_sample_data_hand_made() -> None:
         {"prompt": "p0", "prompt_index": 0, "sample_idx": 1, "response": "  "},  # empty: dropped, counted
         {"prompt": "p1", "prompt_index": 1, "sample_idx": 0, "response": "own 1"},
         {"prompt": "p2", "prompt_index": 2, "sample_idx": 0, "response": "own 2"},  # no demonstration
+        {"prompt": "p1", "prompt_index": 3, "sample_idx": 0, "response": "own 3"},  # p1 drawn again: demos once
     ]
     demo_rows, own_rows, stats = own_sample_data(rows, demos)
     assert demo_rows == [
@@ -31,14 +32,14 @@ def test_own_sample_data_hand_made() -> None:
         {"prompt": "p1", "response": "d1a"},
         {"prompt": "p1", "response": "d1b"},
     ]
-    assert [r["response"] for r in own_rows] == ["own 0", "own 1"]
+    assert [r["response"] for r in own_rows] == ["own 0", "own 1", "own 3"]
     assert stats == {
-        "prompts": 3,
-        "samples": 4,
+        "prompts": 4,
+        "samples": 5,
         "empty_responses": 1,
         "dropped": {"no_demo": 1},
         "demonstrations": 3,
-        "own_samples": 2,
+        "own_samples": 3,
     }
 
 

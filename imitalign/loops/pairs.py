@@ -234,21 +234,26 @@ def own_sample_data(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
     """Online IQLearn's data of one round (METHODS.md §4): the demonstrations of the round's prompts (the
     likelihood term and the expert share 1 − α of the TD term) and the policy's own samples of the same prompts
-    (the share α of the TD term), both ``{"prompt", "response"}``. No reward is involved. Dropped and counted:
+    (the share α of the TD term), both ``{"prompt", "response"}``; each distinct prompt's demonstrations come once,
+    even when the prompt was drawn more than once. No reward is involved. Dropped and counted:
     empty own samples (``empty_responses``) and prompts without a demonstration (``no_demo``: neither their
     samples nor anything else of them is used)."""
     demo_rows: list[dict[str, Any]] = []
     own_rows: list[dict[str, Any]] = []
     stats: dict[str, Any] = {"prompts": 0, "samples": 0, "empty_responses": 0, "dropped": {}}
+    seen: set[str] = set()
     for _, group in group_by_prompt(rows).items():
         stats["prompts"] += 1
         stats["samples"] += len(group)
-        options = demos.get(prompt_key(group[0]["prompt"]))
+        key = prompt_key(group[0]["prompt"])
+        options = demos.get(key)
         if not options:
             stats["dropped"]["no_demo"] = stats["dropped"].get("no_demo", 0) + 1
             continue
         prompt = group[0]["prompt"]
-        demo_rows += [{"prompt": prompt, "response": d} for d in options]
+        if key not in seen:  # a prompt drawn twice in a round (it is in the file twice) adds its demos once
+            seen.add(key)
+            demo_rows += [{"prompt": prompt, "response": d} for d in options]
         for row in group:
             if not str(row["response"]).strip():
                 stats["empty_responses"] += 1
