@@ -255,9 +255,7 @@ def _cell(v: tuple[float, float]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ experiment 1
-def exp_sft(
-    root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequence[str] = DEFAULT_STYLES
-) -> str:
+def exp_sft(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequence[str] = DEFAULT_STYLES) -> str:
     """SFT on demonstrations (forward KL) vs the demonstrator's gold reward, plain and style-shifted demos (or the
     ``styles`` asked for; other styles than the default write ``afd_sft_<styles>.md``)."""
     rows: dict[str, list[tuple[float, float]]] = {}
@@ -325,8 +323,14 @@ def style_sensitivity(summary: dict[str, Any], summary_dir: Path, style: str) ->
     styled = [{"prompt": r["prompt"], "response": transform(r["response"])} for r in rows]
     out = {}
     for mode, info in summary["modes"].items():
-        src = load_reward({"kind": "discriminator", "path": info["model_dir"], "chat_template": "none",
-                           "max_length": int(summary.get("max_length", 96))})
+        src = load_reward(
+            {
+                "kind": "discriminator",
+                "path": info["model_dir"],
+                "chat_template": "none",
+                "max_length": int(summary.get("max_length", 96)),
+            }
+        )
         a, b = src.score(raw), src.score(styled)
         diffs = [y - x for x, y in zip(a, b, strict=True)]
         out[mode] = {
@@ -779,19 +783,21 @@ def exp_iqlearn(
     mle_temperatures: Sequence[float] = (1.25, 1.5),
 ) -> str:
     """IQLearn on the expert demonstrations from π_init: for each λ (λ = 0 runs objective ``mle``) and, at the
-    second λ, each online α (own samples: one π_init sample per demonstration prompt) — gold reward, Self-BLEU,
+    second λ, each online α — semi-online (own samples: one π_init sample per demonstration prompt, drawn once) and
+    online (:func:`online_iqlearn`: one sample per demonstration prompt re-drawn from the current policy before
+    every epoch, through ``imitalign iterate`` with ``pairs.mode: own_samples``) — gold reward, Self-BLEU,
     distinct-1/2, entropy, ms per optimiser step, and the Spearman correlation of the recovered reward
     Σ_t log π + V(s_t) − γV(s_{t+1}) with gold on a pool of π_init samples of the held-out prompts. MLE sampled at
     higher temperatures (``mle_temperatures``) traces MLE's own reward/diversity trade-off to compare with."""
-    from imitalign.reward import load_reward
-    from imitalign.reward.iq_reward import spearman, within_group_spearman
 
-    variants: list[tuple[str, float, float, float]] = [
-        (f"λ={lam:g}" + (" (MLE)" if lam == 0 else ""), lam, 0.0, 1.0) for lam in lams
+    variants: list[tuple[str, float, float, float, bool]] = [
+        (f"λ={lam:g}" + (" (MLE)" if lam == 0 else ""), lam, 0.0, 1.0, False) for lam in lams
     ]
     lam_online = lams[1] if len(lams) > 1 else lams[0]
-    variants += [(f"λ={lam_online:g}, α={a:g} (online)", lam_online, a, 1.0) for a in alphas if a > 0]
-    variants += [(f"λ=0 (MLE), sampled at T={t:g}", 0.0, 0.0, t) for t in mle_temperatures]
+    for a in (a for a in alphas if a > 0):
+        variants.append((f"λ={lam_online:g}, α={a:g} (semi-online: π_init samples)", lam_online, a, 1.0, False))
+        variants.append((f"λ={lam_online:g}, α={a:g} (online: re-sampled every epoch)", lam_online, a, 1.0, True))
+    variants += [(f"λ=0 (MLE), sampled at T={t:g}", 0.0, 0.0, t, False) for t in mle_temperatures]
     per: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
         b = base(root, plan, seed)
@@ -810,7 +816,13 @@ def exp_iqlearn(
                 r["gold"] = g
             write_jsonl(pool_path, pool)
         pool = read_jsonl(pool_path)
-        for label, lam, alpha, temp in variants:
+        for label, lam, alpha, temp, online in variants:
+            if online:
+                tag = f"lam{lam:g}_a{alpha:g}_online"
+                model, run_dir = online_iqlearn(work / tag, b, plan, seed, lam, alpha)
+                res = cached_eval(work / f"eval_{tag}.json", model, lambda m=model, b=b: evaluate(m, b, plan))
+                per.setdefault(label, []).append(_frontier_row(res, run_dir, model, pool, plan, len(demos)))
+                continue
             data: dict[str, Any] = {
                 "train": {"path": str(b.files.expert), "format": "demonstration"},
                 "eval_fraction": 0.05,
@@ -827,26 +839,7 @@ def exp_iqlearn(
                 model,
                 lambda m=model, b=b, t=temp: evaluate(m, b, plan, temperature=t),
             )
-            src = load_reward(
-                {"kind": "iqlearn", "path": model, "chat_template": "none", "max_length": plan.max_length}
-            )
-            r_hat = src.score([{"prompt": r["prompt"], "response": r["response"]} for r in pool])
-            gold = [r["gold"] for r in pool]
-            rho_w = within_group_spearman(r_hat, gold, [r["prompt_index"] for r in pool])
-            per.setdefault(label, []).append(
-                {
-                    "gold": _ms(res["gold_reward"]),
-                    "self_bleu": _ms(res["self_bleu"]),
-                    "distinct_1": (res["distinct_1"], math.nan),
-                    "distinct_2": (res["distinct_2"], math.nan),
-                    "entropy": (res["token_entropy"], math.nan),
-                    "length": _ms(res["length"]),
-                    "ms_per_step": (ms_per_step(work / tag), math.nan),
-                    "rho_pooled": (spearman(r_hat, gold), math.nan),
-                    "rho_within": (rho_w[0], rho_w[1]),
-                    "demos": len(demos),
-                }
-            )
+            per.setdefault(label, []).append(_frontier_row(res, work / tag, model, pool, plan, len(demos)))
     keys = [
         ("gold", "gold r*"),
         ("self_bleu", "self-BLEU ↓"),
@@ -879,6 +872,68 @@ def exp_iqlearn(
     _plot_frontier(agg, out / "iqlearn_frontier.png")
     print(text)
     return text
+
+
+def online_iqlearn(out: Path, b: Base, plan: GymPlan, seed: int, lam: float, alpha: float) -> tuple[str, Path]:
+    """Fully online IQLearn from π_init: ``plan.sft.epochs`` rounds of ``imitalign iterate`` (``pairs.mode:
+    own_samples``), each sampling one response per demonstration prompt from the current policy and training one
+    epoch of iqlearn(λ, α) on all demonstrations with those samples in the TD term (warm start; each round's
+    learning-rate schedule starts again). Returns the final model and its last training run's folder."""
+    from imitalign.loops.iterate import parse_iterate_config, run_iterate
+
+    rounds = max(1, round(plan.sft.epochs))
+    demos = str(b.files.expert)
+    spec = plan.sft.model_copy(update={"epochs": plan.sft.epochs / rounds})
+    cfg = parse_iterate_config(
+        {
+            "run": {"output_dir": str(out), "seed": seed},
+            "policy": b.init,
+            "rounds": rounds,
+            "prompts": {"source": {"path": demos}, "per_round": len(read_jsonl(b.files.expert)), "fresh": False},
+            "generate": {"k": 1, "max_new_tokens": plan.max_new_tokens, "batch_size": plan.sample_batch},
+            "pairs": {"mode": "own_samples", "demos": {"path": demos}},
+            "train": {
+                "objective": {"name": "iqlearn", "options": {"lam": lam, "alpha": alpha}},
+                "train": {  # the other arms' settings (run_config / gym_run_config), one epoch per round
+                    "schedule": "cosine",
+                    "warmup_ratio": 0.1,
+                    "log_every": 10,
+                    "max_grad_norm": 1.0,
+                    **{k: v for k, v in spec.model_dump().items() if v is not None},
+                },
+                "data": {"chat_template": "none", "max_length": plan.max_length, "eval_fraction": 0.05},
+            },
+        }
+    )
+    res = run_iterate(cfg, say=_say)
+    last = Path(res.root) / f"round_{rounds}" / "train"
+    return str(last / "model"), last
+
+
+def _frontier_row(
+    res: dict[str, Any], run_dir: Path, model: str, pool: list[dict[str, Any]], plan: GymPlan, n_demos: int
+) -> dict[str, Any]:
+    """One model's cells of the IQLearn frontier table: its evaluation, training cost per step, and the rank
+    correlation of its recovered reward with gold on the pool of π_init samples."""
+    from imitalign.reward import load_reward
+    from imitalign.reward.iq_reward import spearman, within_group_spearman
+
+    src = load_reward({"kind": "iqlearn", "path": model, "chat_template": "none", "max_length": plan.max_length})
+    r_hat = src.score([{"prompt": r["prompt"], "response": r["response"]} for r in pool])
+    gold = [r["gold"] for r in pool]
+    rho_w = within_group_spearman(r_hat, gold, [r["prompt_index"] for r in pool])
+    return {
+        "gold": _ms(res["gold_reward"]),
+        "self_bleu": _ms(res["self_bleu"]),
+        "distinct_1": (res["distinct_1"], math.nan),
+        "distinct_2": (res["distinct_2"], math.nan),
+        "entropy": (res["token_entropy"], math.nan),
+        "length": _ms(res["length"]),
+        "ms_per_step": (ms_per_step(run_dir), math.nan),
+        "rho_pooled": (spearman(r_hat, gold), math.nan),
+        "rho_within": (rho_w[0], rho_w[1]),
+        "demos": n_demos,
+    }
 
 
 def _plot_frontier(agg: dict[str, dict[str, tuple[float, float]]], path: Path) -> None:
