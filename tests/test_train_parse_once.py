@@ -141,3 +141,19 @@ def test_parsed_data_is_reused_unchanged(tmp_path):
     assert [e.source for e in once.eval] == [e.source for e in fresh.eval]
     with pytest.raises(ValueError, match="seed 5"):
         dataset.build_datasets(cfg.data, tok, "demonstration", seed=6, parsed=parsed)
+
+
+def test_a_discriminator_run_reads_its_labels_from_the_parsed_records(tmp_path, spy):
+    """Kind ``classifier`` (``discriminator_bce``): the labels come from the records parsed once; a training split
+    with one class is an error before the model loads."""
+    rows = [{"prompt": "write about sea", "response": w, "label": i % 2} for i, w in enumerate(["wave tide"] * 20)]
+    path = tmp_path / "labelled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train(_cfg(tmp_path, "discriminator_bce", {"train": {"path": str(path)}, "eval_fraction": 0.25}), quiet=True)
+    assert spy["read"] == {"labelled.jsonl": 1} and spy["parse"] == {"labelled.jsonl": 1}
+    assert spy["tokenised"] == [15, 5]
+
+    one = tmp_path / "one_class.jsonl"
+    one.write_text("".join(json.dumps({**r, "label": 1}) + "\n" for r in rows))
+    with pytest.raises(DataError, match="every training row has label 1.0"):
+        train(_cfg(tmp_path / "b", "discriminator_bce", {"train": {"path": str(one)}}), quiet=True)

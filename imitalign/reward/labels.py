@@ -9,11 +9,12 @@ tokenised examples keep — so the labels follow the examples through the eval h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from imitalign.config import DataConfig, DataSource
-from imitalign.data.dataset import read_records
-from imitalign.data.records import DataError
+from imitalign.config import DataConfig
+from imitalign.data.dataset import ParsedData, parse_data
+from imitalign.data.records import DataError, Record
 
 LABEL_COLUMN = "label"
 
@@ -29,8 +30,7 @@ def parse_label(value: Any, where: str) -> float:
     raise DataError(f"{where}: field {LABEL_COLUMN!r} must be 0 or 1 (or true/false), got {value!r}")
 
 
-def _labels_of(source: DataSource) -> dict[str, float]:
-    records, _ = read_records(source, kind="demonstration")
+def _labels_of(records: Sequence[Record]) -> dict[str, float]:
     out: dict[str, float] = {}
     for rec in records:
         if LABEL_COLUMN not in rec.extra:
@@ -42,16 +42,17 @@ def _labels_of(source: DataSource) -> dict[str, float]:
     return out
 
 
-def read_labels(data_cfg: DataConfig) -> dict[str, float]:
+def read_labels(data_cfg: DataConfig, parsed: ParsedData | None = None) -> dict[str, float]:
     """``{source: label}`` for every record of ``data.train`` and ``data.eval`` (no tokenizer needed: call it
-    before any model loads). Raises :class:`DataError` on a missing or invalid label, or when a source has
-    only one class."""
-    out = _labels_of(data_cfg.train)
-    if len(set(out.values())) < 2:
+    before any model loads), from the records ``parsed`` already holds (:func:`~imitalign.data.dataset.parse_data`)
+    or read here. Raises :class:`DataError` on a missing or invalid label, or when the training rows have only one
+    class."""
+    if parsed is None:
+        parsed = parse_data(data_cfg, "demonstration")
+    train = _labels_of(parsed.train)
+    if len(set(train.values())) < 2:
         raise DataError(
-            f"{data_cfg.train.path}: every row has label {next(iter(out.values()), '?')}; a classifier "
+            f"{data_cfg.train.path}: every training row has label {next(iter(train.values()), '?')}; a classifier "
             "needs both positives (1) and negatives (0)"
         )
-    if data_cfg.eval is not None:
-        out.update(_labels_of(data_cfg.eval))
-    return out
+    return {**train, **_labels_of(parsed.eval)}

@@ -93,25 +93,25 @@ def _mixed_precision(name: str) -> str:
 
 
 def _collate(
-    kind: str, items: list, pad_id: int, ref: torch.Tensor | None, idx: list[int], packing: bool = False
+    kind: str, items: list, pad_id: int, per_item: torch.Tensor | None, idx: list[int], packing: bool = False
 ) -> dict:
-    """A batch of ``items``; ``ref`` holds per-item data indexed by ``idx``: reference log-probs ``[n, 2]``
-    (pair kinds) or 0/1 labels ``[n]`` (``classifier``)."""
+    """A batch of ``items``; ``per_item`` holds data of every example indexed by ``idx``: precomputed reference
+    log-probs ``[n, 2]`` (pair kinds) or 0/1 labels ``[n]`` (``classifier``)."""
     if kind in ("pair", "reward_pair"):
         if kind == "pair":  # padding-free rows, or padded rows with host-side target indices
             batch = collate_pairs_packed(items, pad_id) if packing else with_target_index(collate_pairs(items, pad_id))
         else:
             batch = collate_pairs(items, pad_id)
-        if ref is not None:
-            sel = ref[idx]
+        if per_item is not None:
+            sel = per_item[idx]
             batch["ref_logps"] = torch.cat([sel[:, 0], sel[:, 1]])
         return batch
     if kind == "token":
         batch = collate_demos_packed(items, pad_id) if packing else with_target_index(collate_demos(items, pad_id))
     else:
         batch = collate_demos(items, pad_id)
-    if kind == "classifier" and ref is not None:
-        batch["labels"] = ref[idx]
+    if kind == "classifier" and per_item is not None:
+        batch["labels"] = per_item[idx]
     return batch
 
 
@@ -151,7 +151,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     fn = objectives.build(cfg.objective.name, cfg.objective.options)
     parsed = parse_data(cfg.data, DATA_KIND[spec.kind], seed=cfg.run.seed)  # before any model loads; kept
     parsed_own = _check_policy_samples(cfg, spec, fn)
-    label_of = read_labels(cfg.data) if spec.kind == "classifier" else None
+    label_of = read_labels(cfg.data, parsed) if spec.kind == "classifier" else None
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
 
@@ -212,18 +212,18 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             check_packing(model, pad_id_for(tok))
         except PackingUnsupported as e:
             raise TrainingError(str(e)) from None
-    ref_logps = None
+    per_item = None  # precomputed reference log-probs (pair kinds) or labels (classifier), by example index
     ref_engine = None
     if spec.needs_reference:
         if cfg.reference.precompute:
-            ref_logps = precompute_reference(
+            per_item = precompute_reference(
                 cfg, engine, model, tok, train_items + eval_items, accelerator, quiet=quiet
             )
         else:
             ref_engine = attach_reference(cfg, model, tok, accelerator)
 
     if label_of is not None:
-        ref_logps = torch.tensor([label_of[it.source] for it in train_items + eval_items])
+        per_item = torch.tensor([label_of[it.source] for it in train_items + eval_items])
     world, rank = accelerator.num_processes, accelerator.process_index
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     global_batch = bs * world * accum
@@ -294,7 +294,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             for s in range(0, len(mine), ebs):
                 idx = mine[s : s + ebs]
                 eidx = [len(train_items) + i for i in idx]
-                batch = _collate(spec.kind, [eval_items[i] for i in idx], pad_id, ref_logps, eidx, packing)
+                batch = _collate(spec.kind, [eval_items[i] for i in idx], pad_id, per_item, eidx, packing)
                 ntok = _response_tokens(batch)
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 ones = torch.ones(len(idx), device=accelerator.device)
@@ -331,7 +331,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
             weights = torch.ones(len(idx))
             if not idx:  # this process has no share of a short last step: a zero-weight stand-in keeps DDP in step
                 idx, weights = [order[0]], torch.zeros(1)
-            batch = _collate(spec.kind, [train_items[i] for i in idx], pad_id, ref_logps, idx, packing)
+            batch = _collate(spec.kind, [train_items[i] for i in idx], pad_id, per_item, idx, packing)
             micro_batches.append((batch, weights))
         own_tokens_local = 0
         if policy_items:  # the m-th micro-batch also carries its share of the step's own samples
