@@ -321,3 +321,13 @@ def test_backend_resolution_without_cuda(fake_vllm):
     assert not torch.cuda.is_available()
     assert resolve_backend("auto") == "transformers"  # vllm importable, but no GPU
     assert resolve_backend("vllm") == "vllm"
+
+
+def test_vllm_under_several_processes_is_refused_before_sampling(fake_vllm, monkeypatch):
+    """vLLM 0.33's in-process engine takes GPU 0 in every process: refused with what to do instead; ``auto``
+    falls back to transformers under several processes even with a GPU."""
+    with pytest.raises(ValueError, match="under 2 processes: every process's vLLM engine would sit on GPU 0"):
+        resolve_backend("vllm", 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_backend("auto", 1) == "vllm"
+    assert resolve_backend("auto", 2) == "transformers"

@@ -183,7 +183,10 @@ def check_k(rows: Sequence[dict[str, Any]], n_prompts: int, k: int, where: str =
             )
 
 
-def resolve_backend(name: str) -> str:
+def resolve_backend(name: str, processes: int = 1) -> str:
+    """The backend that ``name`` means here: ``auto`` is vLLM when it is installed, a GPU is there and this is
+    one process, else transformers. vLLM under several processes is refused: vLLM 0.33's in-process engine takes
+    device ``cuda`` = GPU 0 in every process (it does not follow accelerate's per-process device)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown generation backend {name!r}; known: {', '.join(BACKENDS)}")
     if name == "auto":
@@ -191,11 +194,18 @@ def resolve_backend(name: str) -> str:
 
         import torch
 
-        return "vllm" if importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() else "transformers"
+        vllm_ok = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() and processes == 1
+        return "vllm" if vllm_ok else "transformers"
     if name == "vllm":
         from imitalign.generate.vllm_backend import require_vllm
 
         require_vllm()
+        if processes > 1:
+            raise ValueError(
+                f"generate.backend 'vllm' under {processes} processes: every process's vLLM engine would sit on "
+                "GPU 0. Sample with vLLM in one process (it batches the whole prompt set itself), or use backend "
+                "'transformers' (or 'auto') under accelerate launch"
+            )
     return name
 
 
@@ -254,12 +264,12 @@ def generate_k(
 
     if k < 1:
         raise ValueError(f"K must be at least 1, got {k}")
-    backend = resolve_backend(backend)
     import torch
 
     # on a CPU-only machine, torchrun's processes get a gloo group only when accelerate is told cpu=True
     state = PartialState(cpu=not torch.cuda.is_available())
     world, rank = state.num_processes, state.process_index
+    backend = resolve_backend(backend, world)
     out = Path(out)
     mine = shard(len(prompts), world, rank)
     t0 = time.perf_counter()

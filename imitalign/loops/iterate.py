@@ -90,6 +90,7 @@ from imitalign.loops.stages import (
     is_main,
     model_fingerprint,
     on_main,
+    process_count,
     read_json,
     todo,
     train_or_reuse,
@@ -254,6 +255,13 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
                 f"generate.enhancer.fraction {cfg.generate.enhancer.fraction} of K = {cfg.generate.k} gives "
                 f"{k_e} enhancer samples per prompt; it must leave 1..K-1"
             )
+    if cfg.offline is None:
+        from imitalign.generate.kshot import resolve_backend
+
+        try:
+            resolve_backend(cfg.generate.backend, process_count())
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     tok = load_tokenizer(ModelConfig(name_or_path=cfg.policy))
     data = _data_section(cfg)
     if cfg.offline is not None:
