@@ -70,6 +70,7 @@ from imitalign.loops.iterate_report import (
     TABLE_COLUMNS,
     TIMING_COLUMNS,
     collect_rows,
+    format_mean_se,
     plot_rounds,
     round_table,
     summarize_runs,
@@ -274,6 +275,8 @@ def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
     pf = Preflight(tok, len(prompt_set), reward, None)
     if cfg.eval is not None:
         pf.eval_prompts = _eval_prompt_set(cfg, tok, data)
+        if len(pf.eval_prompts) < 2:
+            say(f"WARNING: eval has {len(pf.eval_prompts)} usable prompt(s): no standard error can be given")
         if cfg.eval.reward is not None and cfg.eval.reward != cfg.reward:
             pf.eval_reward = load_reward(cfg.eval.reward)
             _probe(pf.eval_reward, pf.eval_prompts.prompts[0])
@@ -744,7 +747,7 @@ def run_iterate(
             done(t, "eval")
         if cfg.eval is not None:
             g = read_json(rd / "eval.json")["gold_reward"]
-            say(f"round {t}: eval reward {g['mean']:.4f} ± {g['se']:.4f}")
+            say(f"round {t}: eval reward {format_mean_se(g, 4)}")
     rows = collect_rows(root, cfg.rounds)
     table = round_table(rows)
     on_main(lambda: write_iterate_report(root, cfg, rows, table))

@@ -50,7 +50,8 @@ def collect_rows(root: Path, rounds: int) -> list[dict[str, Any]]:
     return out
 
 
-def _ms(v: Any, digits: int = 3) -> str:
+def format_mean_se(v: Any, digits: int = 3) -> str:
+    """A cell: ``mean ± se`` of a ``{mean, se}`` dict (se left out when unknown, e.g. one prompt), a number, or –."""
     if v is None:
         return "–"
     if isinstance(v, dict):
@@ -88,7 +89,7 @@ def round_table(rows: list[dict[str, Any]], *, timings: bool = True) -> str:
         cells = [str(r["round"])]
         for key, _, digits in cols:
             v = r.get(key)
-            cells.append(_ms(v, digits) if not isinstance(v, int) or isinstance(v, bool) else str(v))
+            cells.append(format_mean_se(v, digits) if not isinstance(v, int) or isinstance(v, bool) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -200,7 +201,7 @@ def summarize_runs(run_dirs: list[str | Path]) -> tuple[str, list[dict[str, Any]
     head = ["arm", "seeds"] + [h for _, h in keys] + ["eval reward by round (mean over seeds)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in out:
-        cells = [row["arm"], str(row["seeds"])] + [_ms(row.get(k)) for k, _ in keys]
+        cells = [row["arm"], str(row["seeds"])] + [format_mean_se(row.get(k)) for k, _ in keys]
         cells.append(" → ".join(f"{c:.3f}" for c in row["curve"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines), out
