@@ -23,8 +23,9 @@ of vLLM 0.33.0 (offline ``LLM`` API, V1 engine) and tested against a stand-in wi
 - ``max_model_len`` is the longest prompt plus ``max_new_tokens`` (vLLM would otherwise reserve the KV cache
   for the model's whole context).
 
-Not handled: vLLM picks its GPU itself (``cuda:0`` of the visible devices); under ``accelerate launch`` with
-several processes each process needs its own ``CUDA_VISIBLE_DEVICES``.
+Not handled: vLLM picks its GPU itself (``cuda:0`` of the visible devices), so under ``accelerate launch`` every
+process's engine would share GPU 0; :func:`imitalign.generate.kshot.resolve_backend` refuses vLLM under several
+processes (``auto`` falls back to transformers there). One process with vLLM batches the whole prompt set itself.
 """
 
 from __future__ import annotations
