@@ -36,11 +36,10 @@ def generate(
     limit: Annotated[int | None, typer.Option(help="first N prompt rows only")] = None,
 ) -> None:
     """K samples per prompt (exactly K for every prompt, also sharded under accelerate launch)."""
-    from accelerate import PartialState
-
     from imitalign.config import DataSource, ModelConfig
     from imitalign.generate.kshot import generate_k, load_prompt_set
     from imitalign.model.load import load_tokenizer
+    from imitalign.processes import is_main
 
     setup_logging()
     tok = load_tokenizer(ModelConfig(name_or_path=model))
@@ -64,9 +63,7 @@ def generate(
         backend=backend,
         progress=True,
     )
-    import torch
-
-    if PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+    if is_main():
         typer.echo(
             f"{stats.samples} samples of {stats.prompts} prompts ({stats.processes} processes, {stats.backend}) "
             f"→ {out}; {stats.tokens} tokens in {stats.seconds:.1f}s ({stats.tokens_per_s:.0f} tokens/s)"
@@ -133,7 +130,7 @@ def pairs(
 def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
     from imitalign.config import ConfigError
     from imitalign.loops.iterate import read_iterate_config, resolve_config, run_iterate
-    from imitalign.loops.stages import is_main, process_count
+    from imitalign.processes import is_main, process_count
 
     setup_logging()
     raw = read_iterate_config(config, set_ or [])

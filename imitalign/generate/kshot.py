@@ -38,6 +38,7 @@ from imitalign.data.records import DataError
 from imitalign.data.templates import Renderer
 from imitalign.data.tokenize import tokenize_records
 from imitalign.generate.sampler import Sample, sample, sample_rows
+from imitalign.processes import process_state
 
 log = logging.getLogger(__name__)
 
@@ -260,14 +261,9 @@ def generate_k(
     """Write ``k`` samples of every prompt of ``prompts`` from the model at ``model_path`` to ``out`` (module
     docstring), sharded over the processes of the current ``accelerate`` state (one process when not
     launched). Returns the :class:`GenerationStats` (tokens and seconds filled in on the main process)."""
-    from accelerate import PartialState
-
     if k < 1:
         raise ValueError(f"K must be at least 1, got {k}")
-    import torch
-
-    # on a CPU-only machine, torchrun's processes get a gloo group only when accelerate is told cpu=True
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = process_state()
     world, rank = state.num_processes, state.process_index
     backend = resolve_backend(backend, world)
     out = Path(out)

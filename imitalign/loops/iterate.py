@@ -87,16 +87,8 @@ from imitalign.loops.pairs import (
 )
 from imitalign.loops.rejection import accept
 from imitalign.loops.scoring import check_samples, read_rows, write_rows
-from imitalign.loops.stages import (
-    is_main,
-    model_fingerprint,
-    on_main,
-    process_count,
-    read_json,
-    todo,
-    train_or_reuse,
-    write_json,
-)
+from imitalign.loops.stages import model_fingerprint, read_json, todo, train_or_reuse, write_json
+from imitalign.processes import is_main, on_main, process_count
 from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
 
 log = logging.getLogger(__name__)
