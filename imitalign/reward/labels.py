@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from imitalign.config import DataConfig
-from imitalign.data.dataset import ParsedData, parse_data
+from imitalign.data.dataset import ParsedData
 from imitalign.data.records import DataError, Record
 
 LABEL_COLUMN = "label"
@@ -42,13 +42,10 @@ def _labels_of(records: Sequence[Record]) -> dict[str, float]:
     return out
 
 
-def read_labels(data_cfg: DataConfig, parsed: ParsedData | None = None) -> dict[str, float]:
-    """``{source: label}`` for every record of ``data.train`` and ``data.eval`` (no tokenizer needed: call it
-    before any model loads), from the records ``parsed`` already holds (:func:`~imitalign.data.dataset.parse_data`)
-    or read here. Raises :class:`DataError` on a missing or invalid label, or when the training rows have only one
-    class."""
-    if parsed is None:
-        parsed = parse_data(data_cfg, "demonstration")
+def read_labels(data_cfg: DataConfig, parsed: ParsedData) -> dict[str, float]:
+    """``{source: label}`` for every record of ``data.train`` and ``data.eval``, from the records ``parsed``
+    (:func:`~imitalign.data.dataset.parse_data`, before any model loads) already holds. Raises :class:`DataError`
+    on a missing or invalid label, or when the training rows have only one class."""
     train = _labels_of(parsed.train)
     if len(set(train.values())) < 2:
         raise DataError(
