@@ -884,6 +884,11 @@ def online_iqlearn(out: Path, b: Base, plan: GymPlan, seed: int, lam: float, alp
     rounds = max(1, round(plan.sft.epochs))
     demos = str(b.files.expert)
     spec = plan.sft.model_copy(update={"epochs": plan.sft.epochs / rounds})
+    data = {"train": {"path": demos, "format": "demonstration"}, "eval_fraction": 0.05}
+    options = {"lam": lam, "alpha": alpha}
+    # the train section the other arms get (run_config), with one epoch per round
+    one_run = run_config(out, {"name_or_path": b.init}, data, "iqlearn", spec, seed, chat_template="none",
+                         max_length=plan.max_length, options=options)
     cfg = parse_iterate_config(
         {
             "run": {"output_dir": str(out), "seed": seed},
@@ -893,14 +898,8 @@ def online_iqlearn(out: Path, b: Base, plan: GymPlan, seed: int, lam: float, alp
             "generate": {"k": 1, "max_new_tokens": plan.max_new_tokens, "batch_size": plan.sample_batch},
             "pairs": {"mode": "own_samples", "demos": {"path": demos}},
             "train": {
-                "objective": {"name": "iqlearn", "options": {"lam": lam, "alpha": alpha}},
-                "train": {  # the other arms' settings (run_config / gym_run_config), one epoch per round
-                    "schedule": "cosine",
-                    "warmup_ratio": 0.1,
-                    "log_every": 10,
-                    "max_grad_norm": 1.0,
-                    **{k: v for k, v in spec.model_dump().items() if v is not None},
-                },
+                "objective": {"name": "iqlearn", "options": options},
+                "train": one_run.train.model_dump(mode="json", exclude_defaults=True),
                 "data": {"chat_template": "none", "max_length": plan.max_length, "eval_fraction": 0.05},
             },
         }
