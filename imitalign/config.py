@@ -69,10 +69,22 @@ class DataSource(_Strict):
     hub dataset id."""
 
     path: str
-    format: Literal["auto", "preference", "ultrafeedback", "hh", "demonstration", "messages", "alpaca", "prompt"] = (
-        "auto"
-    )
+    format: Literal[
+        "auto",
+        "preference",
+        "ultrafeedback",
+        "hh",
+        "demonstration",
+        "messages",
+        "sharegpt",
+        "pair_messages",
+        "alpaca",
+        "prompt",
+    ] = "auto"
     columns: dict[str, str] = Field(default_factory=dict)  # our name -> the file's column name
+    # message keys and role names as LLaMA-Factory's dataset_info.json "tags" (role_tag, content_tag, user_tag,
+    # assistant_tag, system_tag, observation_tag, function_tag)
+    tags: dict[str, str] = Field(default_factory=dict)
     split: str | None = None
     limit: int | None = None
 

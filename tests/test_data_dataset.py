@@ -47,8 +47,19 @@ def test_eval_fraction_is_a_seeded_disjoint_hold_out(tmp_path, gpt2):
     assert [x.source for x in other.eval] != [x.source for x in evals]
     assert (report.train.records, report.eval.records) == (30, 10)
     assert "10 rows held out for eval (eval_fraction 0.25, seed 3)" in report.summary()
-    with pytest.raises(DataError, match="leaves no training rows"):
-        build_datasets(cfg.model_copy(update={"eval_fraction": 0.99}), gpt2, "preference")
+    train, evals, _ = build_datasets(cfg.model_copy(update={"eval_fraction": 0.99}), gpt2, "preference")
+    assert (len(train), len(evals)) == (1, 39)  # floor(0.99 · 40): never more than asked, one row always trains
+
+
+def test_eval_fraction_never_eats_a_tiny_file(tmp_path, gpt2):
+    cfg = DataConfig(train={"path": str(write_pairs(tmp_path / "p.jsonl", 3))}, eval_fraction=0.1, max_length=64)
+    train, evals, report = build_datasets(cfg, gpt2, "preference")
+    assert (len(train), len(evals), report.eval) == (3, 0, None)
+    assert "eval_fraction 0.1 of 3 rows is less than one row: nothing held out, no eval split" in report.summary()
+    assert report.to_dict()["train"]["notes"] == [
+        "eval_fraction 0.1 of 3 rows is less than one row: nothing held out, no eval split (give data.eval, or more "
+        "rows)"
+    ]
 
 
 def test_eval_source_and_kinds(tmp_path, gpt2):

@@ -106,8 +106,8 @@ def test_nested_rows_survive_every_container(tmp_path, container):
     assert [(r.prompt, r.chosen, r.rejected, r.extra) for r in records] == [
         (USER, f"Red {i}.", f"Seven {i}.", {"score": float(i)}) for i in range(3)
     ]
-    first_line = 1 if container.startswith("jsonl") else 0
-    assert records[0].source == f"{path}:{first_line}"
+    first = ":1" if container.startswith("jsonl") else "[0]"  # 1-based line, or [0-based row index]
+    assert records[0].source == f"{path}{first}"
 
 
 def test_message_list_prompts_and_conversational_responses(tmp_path):
@@ -228,14 +228,18 @@ def test_missing_field_suggests_the_close_column(tmp_path):
         f"{tmp_path / 'rows.jsonl'}:2: missing field 'chosen' for format 'preference'; the row has fields "
         "'prompt', 'choosen', 'rejected'. Did you mean 'choosen'? (map it with columns: {chosen: choosen})"
     )
-    with pytest.raises(DataError, match=r"missing field 'response'.*Did you mean 'completion'\?"):
-        parse(tmp_path, [{"prompt": "p", "completion": "c"}], "demonstration")
+    # TRL's prompt-completion layout: ``completion`` is the response.
+    records, _ = parse(tmp_path, [{"prompt": "p", "completion": "c"}], "demonstration")
+    assert records[0].response == "c" and records[0].extra == {}
     # Detection on a row with part of a format's fields names the missing one too.
     with pytest.raises(
         DataError, match=r":1: missing field 'rejected' for format 'preference'.*Did you mean 'rejectd'"
     ):
         parse(tmp_path, [{"prompt": "p", "chosen": "a", "rejectd": "b"}])
-    with pytest.raises(DataError, match=r":1: missing field 'output' for format 'alpaca'.*Did you mean 'response'"):
+    with pytest.raises(
+        DataError, match=r":1: missing field 'output' for format 'alpaca'.*read as a demonstration file with: "
+        r"columns: \{prompt: instruction\}"
+    ):
         parse(tmp_path, [{"instruction": "i", "response": "r"}])
     # What the caller needs settles a bare "prompt" row: a misnamed response is reported, not read as a prompt.
     path = tmp_path / "rows.jsonl"
@@ -249,22 +253,26 @@ def test_undetectable_format_lists_the_formats(tmp_path):
     with pytest.raises(DataError) as err:
         parse(tmp_path, [{"question": "q", "answer": "a"}])
     msg = str(err.value)
-    assert "rows.jsonl:1: cannot detect the data format from the row's fields ('question', 'answer')" in msg
-    assert "preference: prompt, chosen, rejected" in msg and "alpaca: instruction, output" in msg
-    assert "'question' → 'prompt'?" in msg and "'answer' → 'response'?" in msg
+    assert "rows.jsonl:1: cannot detect the data layout from the row's fields ('question', 'answer')" in msg
+    assert "preference: prompt, chosen, rejected" in msg and "alpaca: instruction" in msg
+    assert "read as a demonstration file with: columns: {prompt: question, response: answer}" in msg
 
 
 @pytest.mark.parametrize(
     ("row", "fmt", "message"),
     [
-        ({"prompt": "p", "chosen": 3, "rejected": "b"}, "preference", "field 'chosen' should be a string, got int (3)"),
+        (
+            {"prompt": "p", "chosen": 3, "rejected": "b"},
+            "preference",
+            "field 'chosen' should be a string or an assistant message, got int",
+        ),
         ({"prompt": None, "response": "r"}, "demonstration", "field 'prompt' should be a string, got null"),
         ({"prompt": {"text": "p"}, "response": "r"}, "demonstration", "field 'prompt' should be a string, got dict"),
         ({"messages": "hi"}, "messages", "field 'messages' should be a list of messages, got str"),
         (
-            {"messages": [{"role": "human", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
+            {"messages": [{"role": "narrator", "content": "hi"}, {"role": "assistant", "content": "yo"}]},
             "messages",
-            "messages[0].role is 'human'; expected one of system, user, assistant",
+            "messages[0].role is 'narrator'; expected one of assistant, gpt, human, system, user",
         ),
         (
             {"messages": [{"role": "user", "text": "hi"}]},
@@ -279,7 +287,7 @@ def test_undetectable_format_lists_the_formats(tmp_path):
                 "rejected": "b",
             },
             "preference",
-            "use format 'ultrafeedback'",
+            "or format ultrafeedback",
         ),
         ({"chosen": "Human: hi Assistant: yo", "rejected": "x"}, "hh", "need an Assistant turn"),
         ({"chosen": "just text", "rejected": "other"}, "auto", "no 'prompt', and it is not an HH-RLHF dialogue"),

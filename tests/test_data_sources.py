@@ -44,7 +44,7 @@ def test_json_list_and_data_object_use_row_indices(tmp_path):
     wrapped.write_text(json.dumps({"version": 1, "data": ROWS}))
     for path in (plain, wrapped):
         got = list(iter_rows(str(path)))
-        assert [loc for loc, _ in got] == [f"{path}:0", f"{path}:1", f"{path}:2"]
+        assert [loc for loc, _ in got] == [f"{path}[0]", f"{path}[1]", f"{path}[2]"]
         assert [row for _, row in got] == ROWS
 
 
@@ -58,20 +58,20 @@ def test_parquet(tmp_path):
     path = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), path)
     got = list(iter_rows(str(path)))
-    assert got == [(f"{path}:{i}", row) for i, row in enumerate(ROWS)]
+    assert got == [(f"{path}[{i}]", row) for i, row in enumerate(ROWS)]
 
 
 def test_saved_dataset_and_dataset_dict(tmp_path):
     single = tmp_path / "single"
     datasets.Dataset.from_list(ROWS).save_to_disk(str(single))
-    assert list(iter_rows(str(single))) == [(f"{single}:{i}", row) for i, row in enumerate(ROWS)]
+    assert list(iter_rows(str(single))) == [(f"{single}[{i}]", row) for i, row in enumerate(ROWS)]
 
     both = tmp_path / "dict"
     datasets.DatasetDict(
         {"train": datasets.Dataset.from_list(ROWS), "test": datasets.Dataset.from_list(ROWS[:1])}
     ).save_to_disk(str(both))
-    assert [loc for loc, _ in iter_rows(str(both))] == [f"{both}[train]:{i}" for i in range(3)]
-    assert list(iter_rows(str(both), split="test")) == [(f"{both}[test]:0", ROWS[0])]
+    assert [loc for loc, _ in iter_rows(str(both))] == [f"{both}[train][{i}]" for i in range(3)]
+    assert list(iter_rows(str(both), split="test")) == [(f"{both}[test][0]", ROWS[0])]
     with pytest.raises(DataError, match=r"no split 'validation'.*splits: train, test"):
         list(iter_rows(str(both), split="validation"))
 
@@ -103,7 +103,7 @@ def test_hub_id_goes_through_load_dataset_only_when_not_local(tmp_path, monkeypa
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     got = list(iter_rows("someone/prefs", split="test_prefs"))
     assert calls == [("someone/prefs", "test_prefs")]
-    assert got[0] == ("someone/prefs[test_prefs]:0", ROWS[0])
+    assert got[0] == ("someone/prefs[test_prefs][0]", ROWS[0])
 
     # A missing local file is an error of its own, never a hub lookup.
     for missing in ("data/prefs.jsonl", str(tmp_path / "nope.parquet"), "./prefs", "a/b/c"):
@@ -127,6 +127,21 @@ def test_malformed_jsonl_names_file_line_and_json_error(tmp_path):
     with pytest.raises(DataError) as err:
         next(rows)
     assert str(err.value) == f"{path}:3: malformed JSON: Expecting value (line 3, column 29)"
+
+
+def test_single_object_json_is_one_row(tmp_path):
+    row = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "label": True}
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(row))
+    assert list(iter_rows(str(path))) == [(f"{path}[0]", row)]
+    # an object holding one list of rows under a key that is not a field is a holder, whatever else it has
+    holder = tmp_path / "holder.json"
+    holder.write_text(json.dumps({"version": 2, "data": ROWS}))
+    assert [r for _, r in iter_rows(str(holder))] == ROWS
+    scalar = tmp_path / "scalar.json"
+    scalar.write_text("3")
+    with pytest.raises(DataError, match=r"expected a list of rows \(\[\{\.\.\.\}, \{\.\.\.\}\]\) or one row"):
+        list(iter_rows(str(scalar)))
 
 
 def test_malformed_json_and_non_object_rows(tmp_path):

@@ -285,12 +285,15 @@ def test_prompt_longer_than_max_length_is_dropped(gpt2):
     assert (len(ex.prompt_ids), len(ex.chosen_ids)) == (10, 8)
 
 
-def test_fit_keeps_the_bos_and_counts_empty_responses():
-    prompt, (resp,), note = _fit([1, 10, 11, 12, 13, 14], [[20, 21, 22, 2]], 8, None, bos=1)
-    assert prompt == [1, 12, 13, 14] and resp == [20, 21, 22, 2]  # BOS kept, then the last tokens
-    assert note.prompt_cut == 2
-    _, _, note = _fit([1, 10], [[20, 2], []], 8, None, bos=1)
+def test_fit_counts_empty_responses_and_cut_responses():
+    def shrink(n: int) -> None:  # a prompt that cannot be shortened
+        return None
+
+    _, _, note = _fit([1, 10], [[20, 2], []], 8, None, shrink)
     assert note.dropped == "no_response_left"
+    # both responses of a pair cut: counted as two responses in one row
+    _, (c, r), note = _fit([1, 10, 11, 12], [[20, 21, 22, 23, 2], [30, 31, 32, 33, 34, 2]], 8, None, shrink)
+    assert (len(c), len(r), note.responses_cut, note.prompt_cut) == (4, 4, 2, 0)
 
 
 def test_prompts_for_generation(chatml):
@@ -298,11 +301,9 @@ def test_prompts_for_generation(chatml):
     ex, note = tokenize_prompt(rec, chatml, Renderer(chatml, "chatml"), 64)
     assert isinstance(ex, TokenizedPrompt)
     assert decode(chatml, ex.prompt_ids) == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    # a cap shorter than the role headers cannot keep a well-formed prompt: the row is dropped, not cut mid-header
     ex, note = tokenize_prompt(rec, chatml, Renderer(chatml, "chatml"), 64, max_prompt_length=3)
-    assert (
-        len(ex.prompt_ids) == 3
-        and note.prompt_cut == len(chatml("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n").input_ids) - 3
-    )
+    assert ex is None and note.dropped == "prompt_too_long"
     assert tokenize_prompt(rec, chatml, Renderer(chatml, "chatml"), 4)[1].dropped == "prompt_too_long"
     with pytest.raises(DataError, match="needs a PreferenceRecord"):
         tokenize_pair(DemonstrationRecord([], "r", "x:2"), chatml, Renderer(chatml), 64)  # type: ignore[arg-type]

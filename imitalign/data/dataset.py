@@ -1,11 +1,15 @@
 """From a ``DataConfig`` to lists of tokenised examples, with a report of everything that happened.
 
-``kind`` is what the objective consumes: ``preference`` (pairs), ``demonstration`` (prompt + response) or
-``prompt`` (prompts for generation). Preference rows may feed a demonstration objective (their *chosen*
-responses are used, and the report says so); any row feeds ``prompt``.
+``kind`` is what the objective consumes: ``preference`` (pairs), ``demonstration`` (prompt + response),
+``unpaired`` (prompt + response + desirable/undesirable label) or ``prompt`` (prompts for generation).
+Preference rows may feed a demonstration objective (their *chosen* responses are used, and the report says
+so) or an unpaired one (broken into halves); labelled rows feed a demonstration objective with their desirable
+rows only (the rest counted as dropped); any row feeds ``prompt``.
 
-The eval split is ``data.eval`` when given, else ``eval_fraction`` of the train rows, held out by a seeded
-shuffle of the parsed records (so the split is the same whatever the tokenizer). ``validate_data`` runs the
+The eval split is ``data.eval`` when given, else ``eval_fraction`` of the train records, held out by a seeded
+shuffle of the parsed records (so the split is the same whatever the tokenizer). The hold-out is
+``floor(eval_fraction · records)`` — never more than the fraction asked — and at least one record stays in
+train; when that rounds to 0 no eval split is made, and the report says so. ``validate_data`` runs the
 reading and parsing half without a tokenizer, so the command line can check data before any model loads;
 ``parse_data`` / ``parse_split`` do the same and keep the records, which ``build_datasets`` / ``load_split``
 take (``parsed=``) so that a file is read and parsed once (``train()``: parse, load the model, tokenise).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import math
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -24,7 +29,14 @@ from typing import Any, NamedTuple
 
 from imitalign.config import DataConfig, DataSource
 from imitalign.data.formats import N_EXAMPLES, SKIP_REASONS, ParseStats, parse_rows
-from imitalign.data.records import DataError, DemonstrationRecord, PreferenceRecord, PromptRecord, Record
+from imitalign.data.records import (
+    DataError,
+    DemonstrationRecord,
+    PreferenceRecord,
+    PromptRecord,
+    Record,
+    UnpairedRecord,
+)
 from imitalign.data.sources import iter_rows
 from imitalign.data.templates import Renderer, load_template
 from imitalign.data.tokenize import (
@@ -33,12 +45,14 @@ from imitalign.data.tokenize import (
     TokenizedDemo,
     TokenizedPair,
     TokenizedPrompt,
+    TokenizedUnpaired,
     tokenize_records,
 )
+from imitalign.data.unpaired import as_unpaired, assign_kl, desirable_only
 
 logger = logging.getLogger("imitalign.data")
 
-Tokenized = TokenizedPair | TokenizedDemo | TokenizedPrompt
+Tokenized = TokenizedPair | TokenizedDemo | TokenizedPrompt | TokenizedUnpaired
 
 
 @dataclass
@@ -54,10 +68,15 @@ class SplitReport:
     skip_examples: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     records: int = 0  # records in this split (after an eval_fraction hold-out)
+    labels: dict[str, int] = field(default_factory=dict)  # unpaired rows read: desirable / undesirable
+    undesirable_dropped: int = 0  # labelled rows left out of a demonstration objective
     tokenized: bool = False
     examples: int = 0  # tokenised examples kept
-    prompt_truncated: int = 0
-    response_truncated: int = 0
+    prompt_truncated: int = 0  # rows whose prompt was shortened (either way below)
+    prompt_turns_dropped: int = 0  # rows whose prompt lost whole earliest turns
+    prompt_cut_inside: int = 0  # rows whose prompt's last user turn was cut inside (after its role header)
+    response_truncated: int = 0  # rows with at least one response cut
+    responses_truncated: int = 0  # responses cut (a pair counts each of its responses)
     dropped: Counter[str] = field(default_factory=Counter)
     drop_examples: dict[str, list[str]] = field(default_factory=dict)
     boundary_merges: int | None = None  # rows whose split differs from tokenising the whole (when checked)
@@ -82,7 +101,10 @@ class SplitReport:
         if self.dropped:
             parts.append(f"{self.n_dropped} dropped ({', '.join(f'{n} {k}' for k, n in self.dropped.most_common())})")
         if self.n_truncated:
-            parts.append(f"{self.prompt_truncated} prompts and {self.response_truncated} responses truncated")
+            parts.append(
+                f"{self.prompt_truncated} prompts and {self.responses_truncated} responses (in "
+                f"{self.response_truncated} rows) truncated"
+            )
         return f"{self.name} ({self.path}): " + ("; ".join(parts) or "nothing skipped, dropped or truncated")
 
     @classmethod
@@ -95,7 +117,9 @@ class SplitReport:
             parsed=stats.parsed,
             skipped=Counter(stats.skipped),
             skip_examples={k: list(v) for k, v in stats.examples.items()},
-            records=stats.parsed,
+            records=stats.records,
+            labels=dict(stats.labels),
+            notes=[f"{n} × {note}" for note, n in stats.notes.items()],
         )
 
     @property
@@ -114,6 +138,11 @@ class SplitReport:
         lines = [f"{self.name}: {self.path} (format {self.format})"]
         if self.rows_read:  # (an eval split held out from train has no rows of its own)
             lines.append(f"  rows: {self.rows_read} read, {self.parsed} parsed, {self.n_skipped} skipped")
+        if self.labels:
+            lines.append(
+                f"  unpaired feedback: {self.labels.get('desirable', 0)} desirable, "
+                f"{self.labels.get('undesirable', 0)} undesirable"
+            )
         for reason, n in self.skipped.most_common():
             where = ", ".join(self.skip_examples.get(reason, []))
             lines.append(f"    {n} × {SKIP_REASONS.get(reason, reason)} [{reason}] (e.g. {where})")
@@ -123,7 +152,9 @@ class SplitReport:
             return "\n".join(lines)
         lines.append(
             f"  examples: {self.examples} kept of {self.records}; truncated: {self.prompt_truncated} prompts "
-            f"cut from the left, {self.response_truncated} responses cut from the right; {self.n_dropped} dropped"
+            f"({self.prompt_turns_dropped} lost earliest turns, {self.prompt_cut_inside} cut inside their last user "
+            f"turn), {self.responses_truncated} responses in {self.response_truncated} rows cut from the right; "
+            f"{self.n_dropped} dropped"
         )
         for reason, n in self.dropped.most_common():
             where = ", ".join(self.drop_examples.get(reason, []))
@@ -204,7 +235,9 @@ def read_records(
 ) -> tuple[list[Record], ParseStats]:
     """Read and parse one ``DataSource`` (no tokenizer). Raises :class:`DataError` on bad input."""
     rows = iter_rows(source.path, source.split, source.limit)
-    return parse_rows(rows, source.format, source.columns, source=source.path, strict=strict, warn=False, kind=kind)
+    return parse_rows(
+        rows, source.format, source.columns, source=source.path, strict=strict, warn=False, kind=kind, tags=source.tags
+    )
 
 
 def as_kind(records: Sequence[Record], kind: str, report: SplitReport) -> list[Record]:
@@ -213,9 +246,20 @@ def as_kind(records: Sequence[Record], kind: str, report: SplitReport) -> list[R
         raise DataError(f"unknown example kind {kind!r}; known: {', '.join(KINDS)}")
     if kind == "prompt":
         return [r if isinstance(r, PromptRecord) else PromptRecord(r.prompt, r.source, r.extra) for r in records]
+    if kind == "unpaired":
+        return as_unpaired(records, report.path, report.format, report.notes)
+    if kind == "demonstration":
+        records, report.undesirable_dropped = desirable_only(records, report.notes)
+        if not records:
+            raise DataError(f"{report.path}: no desirable rows (label true) to train a demonstration objective on")
     out: list[Record] = []
     converted = 0
     for r in records:
+        if kind == "preference" and isinstance(r, UnpairedRecord):
+            raise DataError(
+                f"{report.path}: rows are unpaired feedback (one response and a label), but this run trains on "
+                "preference pairs; use an unpaired objective (kto, bco, dil_*_unpaired) or a demonstration one"
+            )
         if kind == "preference" and not isinstance(r, PreferenceRecord):
             raise DataError(
                 f"{report.path}: rows in format {report.format!r} have no chosen/rejected pair, but this run trains "
@@ -266,13 +310,16 @@ def _tokenize_split(
             continue
         kept.append(example)
         report.prompt_truncated += note.prompt_cut > 0
-        report.response_truncated += note.response_cut > 0
+        report.prompt_turns_dropped += note.turns_dropped > 0
+        report.prompt_cut_inside += note.cut_inside
+        report.response_truncated += note.responses_cut > 0
+        report.responses_truncated += note.responses_cut
         n_prompt = len(example.prompt_ids)
         responses = (
             [example.chosen_ids, example.rejected_ids]
             if isinstance(example, TokenizedPair)
             else [example.response_ids]
-            if isinstance(example, TokenizedDemo)
+            if isinstance(example, (TokenizedDemo, TokenizedUnpaired))
             else [[]]
         )
         report.prompt_tokens += n_prompt
@@ -281,6 +328,8 @@ def _tokenize_split(
         report.max_response_tokens = max(report.max_response_tokens, *map(len, responses))
         report.max_sequence_tokens = max(report.max_sequence_tokens, n_prompt + max(map(len, responses)))
     report.examples = len(kept)
+    if kind == "unpaired":
+        assign_kl(kept, data_cfg.max_length)  # type: ignore[arg-type]
     if records and not kept:
         raise DataError(f"{report.path}: every row was dropped by truncation\n{report.summary()}")
     return kept
@@ -319,15 +368,16 @@ def load_split(
 
 def _hold_out(
     records: list[Record], report: SplitReport, fraction: float, seed: int
-) -> tuple[list[Record], list[Record], SplitReport]:
+) -> tuple[list[Record], list[Record], SplitReport | None]:
     if not 0.0 <= fraction < 1.0:
         raise DataError(f"data.eval_fraction must be in [0, 1), got {fraction}")
-    n_eval = max(1, round(fraction * len(records)))
-    if n_eval >= len(records):
-        raise DataError(
-            f"{report.path}: eval_fraction {fraction} of {len(records)} rows leaves no training rows; use a "
-            "separate data.eval file or more data"
+    n_eval = min(math.floor(fraction * len(records) + 1e-9), len(records) - 1)
+    if n_eval <= 0:
+        report.notes.append(
+            f"eval_fraction {fraction} of {len(records)} rows is less than one row: nothing held out, no eval split "
+            "(give data.eval, or more rows)"
         )
+        return records, [], None
     held = set(random.Random(seed).sample(range(len(records)), n_eval))
     train = [r for i, r in enumerate(records) if i not in held]
     evals = [r for i, r in enumerate(records) if i in held]

@@ -1,7 +1,8 @@
 """``imitalign data preview CONFIG``: the first examples as the model will see them.
 
 Each example is decoded from its token ids (special tokens shown as text): the prompt, then each response
-after a ``⟦RESPONSE⟧`` marker (``⟦CHOSEN⟧`` / ``⟦REJECTED⟧`` for pairs) up to ``⟦END⟧``, newlines shown
+after a ``⟦RESPONSE⟧`` marker (``⟦CHOSEN⟧`` / ``⟦REJECTED⟧`` for pairs, ``⟦DESIRABLE⟧`` / ``⟦UNDESIRABLE⟧`` for
+unpaired feedback) up to ``⟦END⟧``, newlines shown
 as ``↵``, the token counts and the ids on either side of the boundary; then the data report (rows skipped,
 truncated and dropped, per reason, with locations). This is the tool to reach for when a chat template
 misbehaves: a doubled BOS, a missing EOS or a boundary in the wrong place is visible at a glance.
@@ -13,7 +14,7 @@ from typing import Any
 
 from imitalign.config import DataConfig
 from imitalign.data.dataset import build_datasets
-from imitalign.data.tokenize import TokenizedDemo, TokenizedPair
+from imitalign.data.tokenize import TokenizedDemo, TokenizedPair, TokenizedUnpaired
 
 _DIM, _GREEN, _RED, _RESET = "\x1b[2m", "\x1b[32m", "\x1b[31m", "\x1b[0m"
 
@@ -53,6 +54,8 @@ def preview(
             parts = [("CHOSEN", ex.chosen_ids, _GREEN), ("REJECTED", ex.rejected_ids, _RED)]
         elif isinstance(ex, TokenizedDemo):
             parts = [("RESPONSE", ex.response_ids, _GREEN)]
+        elif isinstance(ex, TokenizedUnpaired):
+            parts = [("DESIRABLE", ex.response_ids, _GREEN) if ex.label else ("UNDESIRABLE", ex.response_ids, _RED)]
         else:
             parts = []
         counts = ", ".join([f"prompt {len(ex.prompt_ids)}", *(f"{m.lower()} {len(ids)}" for m, ids, _ in parts)])

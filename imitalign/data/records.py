@@ -23,7 +23,7 @@ class PreferenceRecord:
     prompt: list[Message]  # the conversation up to (not including) the final assistant turn
     chosen: str  # final assistant turn, chosen
     rejected: str  # final assistant turn, rejected
-    source: str  # "path:line" (1-based line, or row index for non-line formats)
+    source: str  # "path:line" (1-based line of JSON Lines) or "path[index]" (0-based row of a JSON array, ...)
     extra: dict[str, Any] = field(default_factory=dict)  # every other column, kept
 
 
@@ -42,4 +42,15 @@ class PromptRecord:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-Record = PreferenceRecord | DemonstrationRecord | PromptRecord
+@dataclass(frozen=True)
+class UnpairedRecord:
+    """Unpaired feedback (the KTO layout): one response and whether it is desirable."""
+
+    prompt: list[Message]
+    response: str
+    label: bool  # True: desirable, False: undesirable
+    source: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Record = PreferenceRecord | DemonstrationRecord | PromptRecord | UnpairedRecord

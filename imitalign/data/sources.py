@@ -1,12 +1,13 @@
 """Reading rows from where the data lives: files, local ``datasets`` folders, or the hub.
 
 ``iter_rows(path, split, limit)`` yields ``(location, row)`` pairs, ``row`` a plain dict and ``location`` a
-``"path:N"`` string that the rest of the pipeline quotes in its messages:
+string that the rest of the pipeline quotes in its messages. One convention, two shapes:
 
-- ``.jsonl`` / ``.jsonl.gz``: ``N`` is the 1-based line number (blank lines are skipped but counted);
-- ``.json`` (a list of objects, or an object holding one such list, e.g. ``{"data": [...]}``), ``.json.gz``,
-  ``.parquet``, ``datasets`` folders and hub datasets: ``N`` is the 0-based row index (``dataset[N]``);
-  a ``.json`` file that actually holds JSON Lines is read as JSON Lines (1-based lines).
+- lines — ``.jsonl`` / ``.jsonl.gz``: ``"path:N"``, ``N`` the 1-based line number (blank lines are skipped but
+  counted), as an editor shows it; a ``.json`` file that actually holds JSON Lines is read as JSON Lines;
+- rows — ``.json`` (a list of objects, an object holding one such list, e.g. ``{"data": [...]}``, or a single
+  object, which is one row), ``.json.gz``, ``.parquet``, ``datasets`` folders and hub datasets:
+  ``"path[N]"``, ``N`` the 0-based row index (``rows[N]``, ``dataset[N]``).
 
 A local folder is either a ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` output (``split`` picks
 the split of a ``DatasetDict``, default ``train``) or a folder of data files (``split`` keeps the files whose
@@ -81,18 +82,26 @@ def _iter_json(path: Path) -> Iterator[tuple[str, Row]]:
             return
         raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     if isinstance(data, dict):
-        lists = [k for k, v in data.items() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(
-                f"{path}: expected a list of rows (or an object holding exactly one list of rows, like "
-                f'{{"data": [...]}}), got an object with keys {sorted(data)[:10]}'
-            )
-        data = data[lists[0]]
+        data = _rows_of_object(data, path)
     if not isinstance(data, list):
-        raise DataError(f"{path}: expected a list of rows, got {type(data).__name__}")
+        raise DataError(
+            f"{path}: expected a list of rows ([{{...}}, {{...}}]) or one row ({{...}}), got {type(data).__name__}"
+        )
     for i, row in enumerate(data):
-        location = f"{path}:{i}"
+        location = f"{path}[{i}]"
         yield location, _check_row(row, location)
+
+
+def _rows_of_object(data: dict[str, Any], path: Path) -> list[Any]:
+    """A JSON object is a holder of rows (``{"data": [{...}, ...]}``: one list of objects, and no key that is a
+    field of ours) or a single row (read as ``[row]``)."""
+    from imitalign.data.detect import FIELDS, IMPLICIT
+
+    ours = set(FIELDS) | set(IMPLICIT.values())
+    lists = [k for k, v in data.items() if isinstance(v, list) and v and all(isinstance(r, dict) for r in v)]
+    if len(lists) == 1 and not set(data) & ours:
+        return data[lists[0]]
+    return [data]
 
 
 def _iter_parquet(path: Path) -> Iterator[tuple[str, Row]]:
@@ -105,7 +114,7 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, Row]]:
     i = 0
     for batch in pf.iter_batches(batch_size=1024):
         for row in batch.to_pylist():
-            yield f"{path}:{i}", row
+            yield f"{path}[{i}]", row
             i += 1
 
 
@@ -122,7 +131,7 @@ def _iter_file(path: Path) -> Iterator[tuple[str, Row]]:
 
 def _iter_dataset(ds: Any, name: str) -> Iterator[tuple[str, Row]]:
     for i, row in enumerate(ds):
-        yield f"{name}:{i}", dict(row)
+        yield f"{name}[{i}]", dict(row)
 
 
 def _iter_saved_dataset(path: Path, split: str | None) -> Iterator[tuple[str, Row]]:

@@ -18,26 +18,30 @@ otherwise EOS is appended (plain text; Llama 3's ``<|eot_id|>`` with a tokenizer
 
 **Truncation** to ``max_length`` tokens per sequence (prompt + one response):
 
-1. ``max_prompt_length``, when set, caps the prompt: its *last* ``max_prompt_length`` tokens are kept;
+1. ``max_prompt_length``, when set, caps the prompt at that many tokens;
 2. a prompt that still leaves no room for a response (``len(prompt) >= max_length``) drops the row
    (``prompt_too_long``; set ``max_prompt_length`` to keep such prompts' ends instead);
-3. if prompt + longest response exceeds ``max_length``, prompt tokens are removed from the *left*, but not
-   below ``max_length // 2`` tokens (with ``max_prompt_length`` set, its cap in 1. is the prompt's only cut);
+3. if prompt + longest response exceeds ``max_length``, the prompt is shortened, but not below
+   ``max_length // 2`` tokens (with ``max_prompt_length`` set, its cap in 1. is the prompt's only cut);
 4. then responses are cut from the *right* to fit (a cut response loses its EOS);
 5. a row with no response token left is dropped (``no_response_left``).
 
-A leading BOS survives left-truncation (it is kept and the tokens after it are removed).
+A prompt is shortened **by turns** (:mod:`imitalign.data.truncate`): whole earliest turns go first (the system
+message and the last user turn stay), and only a last user turn that alone exceeds the budget is cut inside,
+after its role header, keeping the end of its content. The prompt is re-rendered by the chat template, so it
+never starts inside a message. Each kind of cut is counted separately (:class:`TokenizeNote`).
 """
 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from imitalign.data.records import DataError, DemonstrationRecord, PreferenceRecord, Record
+from imitalign.data.records import DataError, DemonstrationRecord, Message, PreferenceRecord, Record, UnpairedRecord
 from imitalign.data.templates import Renderer
+from imitalign.data.truncate import Shrunk, shrink_prompt
 
 DROP_REASONS = {
     "prompt_too_long": "prompt longer than max_length on its own",
@@ -66,7 +70,28 @@ class TokenizedPrompt:
     source: str
 
 
-Tokenized = TokenizedPair | TokenizedDemo | TokenizedPrompt
+@dataclass
+class TokenizedUnpaired:
+    """Unpaired feedback: one response and its label; ``kl_ids`` is the response of another row (another prompt),
+    whose log-ratio under this prompt estimates KTO's reference point (see :mod:`imitalign.data.unpaired`)."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    label: bool
+    source: str
+    kl_ids: list[int] = field(default_factory=list)
+
+    # the pair view (collate_pairs): rows 0..B-1 the responses, rows B..2B-1 the mismatched KL responses
+    @property
+    def chosen_ids(self) -> list[int]:
+        return self.response_ids
+
+    @property
+    def rejected_ids(self) -> list[int]:
+        return self.kl_ids
+
+
+Tokenized = TokenizedPair | TokenizedDemo | TokenizedPrompt | TokenizedUnpaired
 
 
 @dataclass
@@ -76,8 +101,11 @@ class TokenizeNote:
     dropped: str | None = None  # a key of DROP_REASONS
     prompt_tokens: int = 0  # before truncation
     response_tokens: int = 0  # longest response, before truncation
-    prompt_cut: int = 0  # tokens removed from the prompt's left
+    prompt_cut: int = 0  # tokens removed from the prompt
+    turns_dropped: int = 0  # whole earliest messages removed from the prompt
+    cut_inside: bool = False  # the prompt's last user turn was cut inside (after its role header)
     response_cut: int = 0  # tokens removed from the longest response's right
+    responses_cut: int = 0  # how many of the row's responses were cut (a pair can have both cut)
     boundary_merge: bool = False  # prompt_ids + response_ids != tokenisation of the whole (check_boundary)
 
     @property
@@ -126,30 +154,39 @@ def response_text(tokenizer: Any, text: str) -> tuple[str, bool]:
     return text, False
 
 
+Shrink = Callable[[int], "Shrunk | None"]  # prompt -> at most n tokens, by turns (None: impossible)
+
+
 def _fit(
-    prompt: list[int], responses: list[list[int]], max_length: int, max_prompt_length: int | None, bos: int | None
+    prompt: list[int], responses: list[list[int]], max_length: int, max_prompt_length: int | None, shrink: Shrink
 ) -> tuple[list[int], list[list[int]], TokenizeNote]:
     """Apply the truncation rule to one prompt and its response(s) (see the module docstring)."""
     note = TokenizeNote(prompt_tokens=len(prompt), response_tokens=max(map(len, responses)))
-    keep_bos = bos is not None and prompt[:1] == [bos]
 
-    def cut_left(ids: list[int], n: int) -> list[int]:
-        if n >= len(ids):
+    def cut(ids: list[int], n: int) -> list[int] | None:
+        if len(ids) <= n:
             return ids
-        if keep_bos and n >= 1:
-            return [ids[0], *ids[len(ids) - n + 1 :]]
-        return ids[len(ids) - n :]
+        shrunk = shrink(n)
+        if shrunk is not None:
+            note.turns_dropped, note.cut_inside = shrunk.turns_dropped, shrunk.cut_inside
+            return shrunk.ids
+        return None
 
     if max_prompt_length is not None and len(prompt) > max_prompt_length:
-        prompt = cut_left(prompt, max_prompt_length)
+        capped = cut(prompt, max_prompt_length)
+        if capped is None:
+            note.dropped = "prompt_too_long"
+            return prompt, responses, note
+        prompt = capped
     if len(prompt) >= max_length:
         note.dropped = "prompt_too_long"
         return prompt, responses, note
     longest = note.response_tokens
     if len(prompt) + longest > max_length:
         floor = min(len(prompt), max_prompt_length if max_prompt_length is not None else max_length // 2)
-        prompt = cut_left(prompt, max(floor, max_length - longest))
+        prompt = cut(prompt, max(floor, max_length - longest)) or prompt
         room = max_length - len(prompt)
+        note.responses_cut = sum(len(r) > room for r in responses)
         responses = [r[:room] for r in responses]
     note.prompt_cut = note.prompt_tokens - len(prompt)
     note.response_cut = note.response_tokens - max(map(len, responses))
@@ -165,8 +202,8 @@ def _check_lengths(max_length: int, max_prompt_length: int | None) -> None:
         raise DataError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
 
 
-KINDS = ("preference", "demonstration", "prompt")
-_EXPECTED = {"preference": PreferenceRecord, "demonstration": DemonstrationRecord}
+KINDS = ("preference", "demonstration", "prompt", "unpaired")
+_EXPECTED = {"preference": PreferenceRecord, "demonstration": DemonstrationRecord, "unpaired": UnpairedRecord}
 
 
 def _texts(rec: Record, kind: str, renderer: Renderer) -> tuple[str, list[str]]:
@@ -176,7 +213,7 @@ def _texts(rec: Record, kind: str, renderer: Renderer) -> tuple[str, list[str]]:
         raise DataError(f"{rec.source}: a {kind} example needs a {expected.__name__}, got {type(rec).__name__}")
     if isinstance(rec, PreferenceRecord) and kind == "preference":
         return renderer.render_many(rec.prompt, [rec.chosen, rec.rejected], rec.source)
-    if isinstance(rec, DemonstrationRecord) and kind == "demonstration":
+    if isinstance(rec, (DemonstrationRecord, UnpairedRecord)) and kind in ("demonstration", "unpaired"):
         return renderer.render_many(rec.prompt, [rec.response], rec.source)
     if kind == "prompt":
         return renderer.render_prompt(rec.prompt, rec.source), []
@@ -244,20 +281,39 @@ def tokenize_records(
                 if prepend_bos and whole[:1] != [bos]:
                     whole = [bos, *whole]
                 merge = merge or whole + ([] if has_eos else [eos]) != p_ids + ids
-        p_ids, r_ids, note = _fit(p_ids, r_ids or [[0]], max_length, max_prompt_length, bos)
+        shrink = _shrinker(rec.prompt, rec.source, tokenizer, renderer, bos if prepend_bos else None)
+        p_ids, r_ids, note = _fit(p_ids, r_ids or [[0]], max_length, max_prompt_length, shrink)
         note.boundary_merge = merge
         if kind == "prompt":
-            note.response_tokens = note.response_cut = 0
-        example: Tokenized | None = None
-        if note.dropped is None:
-            if kind == "preference":
-                example = TokenizedPair(p_ids, r_ids[0], r_ids[1], rec.source)
-            elif kind == "demonstration":
-                example = TokenizedDemo(p_ids, r_ids[0], rec.source)
-            else:
-                example = TokenizedPrompt(p_ids, rec.source)
-        out.append((example, note))
+            note.response_tokens = note.response_cut = note.responses_cut = 0
+        out.append((None if note.dropped else _example(kind, rec, p_ids, r_ids), note))
     return out
+
+
+def _shrinker(
+    prompt: list[Message], source: str, tokenizer: Any, renderer: Renderer, bos: int | None
+) -> Callable[[int], Shrunk | None]:
+    """The record's prompt re-rendered within n tokens by turns (:func:`shrink_prompt`), the BOS rule applied."""
+
+    def encode_prompt(messages: list[Message]) -> list[int]:
+        ids = encode(tokenizer, renderer.render_prompt(messages, source))
+        return [bos, *ids] if bos is not None and ids[:1] != [bos] else ids
+
+    def decode(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    return lambda n: shrink_prompt(prompt, n, encode_prompt, lambda text: encode(tokenizer, text), decode)
+
+
+def _example(kind: str, rec: Record, p_ids: list[int], r_ids: list[list[int]]) -> Tokenized:
+    if kind == "preference":
+        return TokenizedPair(p_ids, r_ids[0], r_ids[1], rec.source)
+    if kind == "demonstration":
+        return TokenizedDemo(p_ids, r_ids[0], rec.source)
+    if kind == "unpaired":
+        assert isinstance(rec, UnpairedRecord)
+        return TokenizedUnpaired(p_ids, r_ids[0], rec.label, rec.source)
+    return TokenizedPrompt(p_ids, rec.source)
 
 
 def tokenize_pair(
