@@ -76,8 +76,6 @@ IMPLICIT = {"response": "completion", "label": "kto_tag"}  # our field -> a colu
 
 _PROMPT_NAMES = ("prompt", "question", "query", "instruction", "input", "context", "text", "post", "title")
 _RESPONSE_NAMES = ("response", "completion", "output", "answer", "target", "reply", "summary")
-_CHOSEN_NAMES = ("chosen", "chosen_response", "preferred", "winner", "good", "response_chosen", "accepted", "better")
-_REJECTED_NAMES = ("rejected", "rejected_response", "dispreferred", "loser", "bad", "response_rejected", "worse")
 _SIBLING = re.compile(r"^(.+)[_\-.](?:[a-z]|[0-9]+)$|^(.+?)[0-9]+$", re.IGNORECASE)
 
 
@@ -160,17 +158,33 @@ def _is_messages(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(m, dict) for m in value)
 
 
+_CHOSEN_WORDS = {"chosen", "preferred", "winner", "win", "good", "better", "accepted", "positive", "pos"}
+_REJECTED_WORDS = {"rejected", "dispreferred", "loser", "lose", "bad", "worse", "negative", "neg"}
+
+
+def _side(name: str, words: set[str]) -> bool:
+    return bool(set(re.split(r"[_\-. ]+", name.lower())) & words)
+
+
 def readings(row: dict[str, Any], kind: str | None = None) -> list[tuple[str, dict[str, str]]]:
     """Every complete ``(kind, columns)`` configuration the row's column names allow (see the module doc)."""
     siblings = _siblings(row)
     in_pair = {c for pair in siblings for c in pair}
-    chosen, rejected = _named(row, _CHOSEN_NAMES), _named(row, _REJECTED_NAMES)
-    sided = {k for k in row if re.search(r"chosen|rejected|preferred|winner|loser", str(k), re.IGNORECASE)}
+    chosen = [k for k in map(str, row) if _side(k, _CHOSEN_WORDS)]
+    rejected = [k for k in map(str, row) if _side(k, _REJECTED_WORDS)]
+    sided = set(chosen) | set(rejected)
     prompts = [p for p in _named(row, _PROMPT_NAMES) if p not in in_pair and p not in sided]
-    pairs = [(c, r) for c in chosen for r in rejected] + [p for s in siblings for p in (s, s[::-1])]
+    text_pairs = [(c, r) for c in chosen for r in rejected if not _is_messages(row[c]) and not _is_messages(row[r])]
+    text_pairs += [p for s in siblings for p in (s, s[::-1])]
     out: list[tuple[str, dict[str, str]]] = []
     for p in prompts:
-        out += [("preference", {"prompt": p, "chosen": c, "rejected": r}) for c, r in pairs if p not in (c, r)]
+        out += [("preference", {"prompt": p, "chosen": c, "rejected": r}) for c, r in text_pairs if p not in (c, r)]
+    out += [
+        ("preference", {"chosen": c, "rejected": r})  # two whole conversations (format ultrafeedback)
+        for c in chosen
+        for r in rejected
+        if _is_messages(row[c]) and _is_messages(row[r])
+    ]
     if kind != "preference":
         responses = [r for r in _named(row, _RESPONSE_NAMES) if r not in in_pair and r not in sided]
         out += [("demonstration", {"prompt": p, "response": r}) for p in prompts for r in responses if p != r]
