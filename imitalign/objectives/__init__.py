@@ -1,8 +1,9 @@
 """Every loss of imitalign as a pure function of tensors, and a registry by name.
 
 ``ratio``: pair objectives on sequence log-probs (DPO, IPO, hinge/SLiC, SimPO, DIL-LSIF/UKL/BCE, Bregman from
-a user generator); ``token``: demonstration objectives (MLE, IQLearn); ``reward``: Bradley–Terry and the
-discriminator BCE. Each returns ``(losses, metrics)``; reduce ``losses`` as the spec's ``reduction`` says.
+a user generator); ``token``: demonstration objectives (MLE, IQLearn); ``unpaired``: objectives on labelled
+responses without pairs (DIL-LSIF/UKL/BCE/Bregman on unpaired data, KTO, BCO); ``reward``: Bradley–Terry and
+the discriminator BCE. Each returns ``(losses, metrics)``; reduce ``losses`` as the spec's ``reduction`` says.
 """
 
 from .ratio import (
@@ -24,17 +25,21 @@ from .ratio import (
 from .registry import KINDS, ObjectiveSpec, build, get, names, register, register_bregman
 from .reward import bradley_terry, discriminator_bce
 from .token import implicit_token_rewards, iqlearn, mle
+from .unpaired import RewardShift, bco, dil_unpaired, kto
 
 __all__ = [
     "BUILTIN_GENERATORS",
     "KINDS",
     "ObjectiveSpec",
+    "RewardShift",
     "bce_generator",
+    "bco",
     "bradley_terry",
     "bregman",
     "build",
     "dil_bce",
     "dil_lsif",
+    "dil_unpaired",
     "dil_ukl",
     "discriminator_bce",
     "dpo",
@@ -43,6 +48,7 @@ __all__ = [
     "implicit_token_rewards",
     "ipo",
     "iqlearn",
+    "kto",
     "load_generator",
     "lsif_generator",
     "make_bregman",

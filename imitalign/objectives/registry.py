@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from . import ratio, reward, token
+from . import ratio, reward, token, unpaired
 
-Kind = Literal["pair", "token", "reward_pair", "classifier"]
+Kind = Literal["pair", "token", "reward_pair", "classifier", "unpaired"]
 Reduction = Literal["sum", "mean"]
 ObjectiveFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
-KINDS: tuple[str, ...] = ("pair", "token", "reward_pair", "classifier")
+KINDS: tuple[str, ...] = ("pair", "token", "reward_pair", "classifier", "unpaired")
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,12 @@ class ObjectiveSpec:
     Attributes:
       name: registry name.
       kind: ``"pair"`` (chosen/rejected sequence log-probs), ``"token"`` (demonstration token tensors),
-        ``"reward_pair"`` (scalar scores of chosen/rejected), ``"classifier"`` (scalar logits, 0/1 labels).
+        ``"reward_pair"`` (scalar scores of chosen/rejected), ``"classifier"`` (scalar logits, 0/1 labels),
+        ``"unpaired"`` (sequence log-probs of labelled responses, :mod:`imitalign.objectives.unpaired`).
       fn: the pure loss function, returning ``(losses, metrics)``.
       needs_reference: whether reference log-probs must be computed.
       needs_values: whether ``token_values`` (V(s_t)) must be computed.
+      needs_kl: (unpaired) whether the log-probs of mismatched prompt/response pairs must be computed (KTO).
       reduction: how to reduce ``losses`` to the batch loss: ``"mean"`` or ``"sum"``.
       defaults: every accepted option and its default value.
       doc: one line for listings (defaults to the first line of ``fn``'s docstring).
@@ -49,6 +51,7 @@ class ObjectiveSpec:
     fn: ObjectiveFn
     needs_reference: bool = False
     needs_values: bool = False
+    needs_kl: bool = False
     reduction: Reduction = "mean"
     defaults: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
@@ -186,6 +189,39 @@ _BUILTINS = (
         needs_values=True,
         reduction="sum",
         defaults={"lam": 0.1, "gamma": 1.0, "alpha": 0.0},
+    ),
+    ObjectiveSpec(
+        "kto",
+        "unpaired",
+        unpaired.kto,
+        needs_reference=True,
+        needs_kl=True,
+        defaults={"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0, "length_normalize": False},
+    ),
+    ObjectiveSpec(
+        "bco", "unpaired", unpaired.bco, needs_reference=True, defaults={"beta": 0.1, "length_normalize": False}
+    ),
+    ObjectiveSpec(
+        "dil_lsif_unpaired",
+        "unpaired",
+        unpaired.dil_lsif_unpaired,
+        needs_reference=True,
+        defaults=_CLAMPED_DIL_DEFAULTS,
+    ),
+    ObjectiveSpec(
+        "dil_ukl_unpaired", "unpaired", unpaired.dil_ukl_unpaired, needs_reference=True, defaults=_CLAMPED_DIL_DEFAULTS
+    ),
+    ObjectiveSpec(
+        "dil_bce_unpaired", "unpaired", unpaired.dil_bce_unpaired, needs_reference=True, defaults=_CLAMPED_DIL_DEFAULTS
+    ),
+    ObjectiveSpec(
+        "bregman_unpaired",
+        "unpaired",
+        unpaired.dil_unpaired,
+        needs_reference=True,
+        defaults={"generator": None, **_CLAMPED_DIL_DEFAULTS},
+        required=("generator",),
+        doc="DIL on unpaired feedback with the Bregman density-ratio estimator of a user generator f",
     ),
     ObjectiveSpec("bradley_terry", "reward_pair", reward.bradley_terry),
     ObjectiveSpec("discriminator_bce", "classifier", reward.discriminator_bce),
