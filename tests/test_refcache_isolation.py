@@ -14,7 +14,7 @@ from tests.test_perf_refcache import _cfg, counted  # noqa: F401 - the fixture
 
 
 def test_auto_cache_is_the_session_folder_and_the_users_is_untouched(tmp_path, request, counted):  # noqa: F811
-    home, before = request.config.stash[HOME_CACHE_KEY]
+    home, _ = request.config.stash[HOME_CACHE_KEY]
     session_dir = Path(os.environ["IMITALIGN_CACHE"])
     assert refcache.default_cache_dir() == session_dir / "reflogps" != home
     assert tmp_path.parent == session_dir.parent  # a pytest temporary folder of this session
@@ -22,8 +22,10 @@ def test_auto_cache_is_the_session_folder_and_the_users_is_untouched(tmp_path, r
     cfg.reference.cache_dir = "auto"
     entries_before = set(session_dir.rglob("*.safetensors"))
     train(cfg, quiet=True)
-    assert len(set(session_dir.rglob("*.safetensors")) - entries_before) == 1  # written to the session folder
-    assert snapshot(home) == before  # ... and the user's cache is as it was when the session started
+    (entry,) = set(session_dir.rglob("*.safetensors")) - entries_before  # written to the session folder ...
+    # ... and not to the user's (compared by name, not to the snapshot taken when the session started: on a shared
+    # machine other jobs may write there meanwhile; conftest reports any change at the end of the session)
+    assert entry.name not in {name for name, _, _ in snapshot(home)}
 
 
 def test_engine_version_hashes_the_logprob_sources(tmp_path):
