@@ -337,13 +337,14 @@ def test_unknown_objective_lists_known_names() -> None:
     known = ", ".join(sorted(objectives.names()))
     assert message.startswith(f"unknown objective 'dpp'; known: {known}")
     assert "did you mean 'dpo'" in message
-    assert "bradley_terry, bregman, dil_bce" in message
+    assert "bco, bradley_terry, bregman, bregman_unpaired, dil_bce" in message
 
 
 def test_registry_names_kinds_and_flags() -> None:
     assert objectives.names() == sorted(
         ["bradley_terry", "bregman", "dil_bce", "dil_lsif", "dil_ukl", "discriminator_bce", "dpo", "hinge",
-         "ipo", "iqlearn", "mle", "simpo"]
+         "ipo", "iqlearn", "mle", "simpo", "kto", "bco", "dil_lsif_unpaired", "dil_ukl_unpaired", "dil_bce_unpaired",
+         "bregman_unpaired"]
     )  # fmt: skip
     for name in [*PAIR_NAMES, "bregman"]:
         spec = objectives.get(name)

@@ -20,11 +20,11 @@ from torch import Tensor
 
 from . import ratio, reward, token, unpaired
 
-Kind = Literal["pair", "token", "reward_pair", "classifier", "unpaired"]
+Kind = Literal["pair", "token", "reward_pair", "classifier", "unpaired", "unpaired_kl"]
 Reduction = Literal["sum", "mean"]
 ObjectiveFn = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
-KINDS: tuple[str, ...] = ("pair", "token", "reward_pair", "classifier", "unpaired")
+KINDS: tuple[str, ...] = ("pair", "token", "reward_pair", "classifier", "unpaired", "unpaired_kl")
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,11 @@ class ObjectiveSpec:
       name: registry name.
       kind: ``"pair"`` (chosen/rejected sequence log-probs), ``"token"`` (demonstration token tensors),
         ``"reward_pair"`` (scalar scores of chosen/rejected), ``"classifier"`` (scalar logits, 0/1 labels),
-        ``"unpaired"`` (sequence log-probs of labelled responses, :mod:`imitalign.objectives.unpaired`).
+        ``"unpaired"`` (sequence log-probs of labelled responses, :mod:`imitalign.objectives.unpaired`),
+        ``"unpaired_kl"`` (the same plus the log-probs of mismatched prompt/response pairs: KTO's z₀).
       fn: the pure loss function, returning ``(losses, metrics)``.
       needs_reference: whether reference log-probs must be computed.
       needs_values: whether ``token_values`` (V(s_t)) must be computed.
-      needs_kl: (unpaired) whether the log-probs of mismatched prompt/response pairs must be computed (KTO).
       reduction: how to reduce ``losses`` to the batch loss: ``"mean"`` or ``"sum"``.
       defaults: every accepted option and its default value.
       doc: one line for listings (defaults to the first line of ``fn``'s docstring).
@@ -51,7 +51,6 @@ class ObjectiveSpec:
     fn: ObjectiveFn
     needs_reference: bool = False
     needs_values: bool = False
-    needs_kl: bool = False
     reduction: Reduction = "mean"
     defaults: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
@@ -192,10 +191,9 @@ _BUILTINS = (
     ),
     ObjectiveSpec(
         "kto",
-        "unpaired",
+        "unpaired_kl",
         unpaired.kto,
         needs_reference=True,
-        needs_kl=True,
         defaults={"beta": 0.1, "desirable_weight": 1.0, "undesirable_weight": 1.0, "length_normalize": False},
     ),
     ObjectiveSpec(
@@ -217,7 +215,7 @@ _BUILTINS = (
     ObjectiveSpec(
         "bregman_unpaired",
         "unpaired",
-        unpaired.dil_unpaired,
+        unpaired.bregman_unpaired,
         needs_reference=True,
         defaults={"generator": None, **_CLAMPED_DIL_DEFAULTS},
         required=("generator",),

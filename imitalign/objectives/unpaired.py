@@ -8,8 +8,9 @@ Every function here has the same signature::
 ``policy_logps`` / ``reference_logps`` ``[B]`` are summed response log-probs of the batch's responses,
 ``lengths`` ``[B]`` their token counts, ``labels`` ``[B]`` bool (True: desirable). ``policy_kl_logps`` /
 ``reference_kl_logps`` ``[B]`` are the log-probs of *mismatched* pairs (example ``i``'s prompt with another
-row's response, see :mod:`imitalign.data.unpaired`), needed by KTO only (``ObjectiveSpec.needs_kl``) and None
-otherwise. ``ρ = log π_θ(y|x) − log π_ref(y|x)`` (divided by ``|y|`` with ``length_normalize``).
+row's response, see :mod:`imitalign.data.unpaired`): objectives of kind ``unpaired_kl`` (KTO) get them, those
+of kind ``unpaired`` get None. ``ρ = log π_θ(y|x) − log π_ref(y|x)`` (divided by ``|y|`` with
+``length_normalize``).
 
 Losses are per example and the trainer takes their mean (``reduction: "mean"``). Metrics are detached
 scalar tensors: ``loss``, ``rewards/desirable``, ``rewards/undesirable`` (mean implicit rewards over the
@@ -283,18 +284,71 @@ class RewardShift:
         self.sums, self.counts = [float(x) for x in state["sums"]], [int(x) for x in state["counts"]]
 
 
-def _named_dil(generator: str):  # noqa: ANN202 - a loss function of the unpaired signature
-    def objective(*args: Tensor | None, **options: object) -> tuple[Tensor, Metrics]:
-        options.pop("generator", None)
-        return dil_unpaired(*args, generator=generator, **options)  # type: ignore[arg-type]
+def _closed(generator: str):  # noqa: ANN202 - a loss function of the unpaired signature
+    def objective(
+        policy_logps: Tensor,
+        policy_kl_logps: Tensor | None,
+        reference_logps: Tensor,
+        reference_kl_logps: Tensor | None,
+        lengths: Tensor | None,
+        labels: Tensor,
+        *,
+        beta: float = 1.0,
+        length_normalize: bool = True,
+        max_log_ratio: float = 20.0,
+        **_: object,
+    ) -> tuple[Tensor, Metrics]:
+        return dil_unpaired(
+            policy_logps,
+            policy_kl_logps,
+            reference_logps,
+            reference_kl_logps,
+            lengths,
+            labels,
+            generator=generator,
+            beta=beta,
+            length_normalize=length_normalize,
+            max_log_ratio=max_log_ratio,
+        )
 
     objective.__name__ = objective.__qualname__ = f"dil_{generator}_unpaired"
-    objective.__doc__ = f"DIL-{generator.upper()} on unpaired feedback (see dil_unpaired).\n\n" + (
+    objective.__doc__ = f"DIL-{generator.upper()} on unpaired feedback (closed form; see dil_unpaired).\n\n" + (
         dil_unpaired.__doc__ or ""
     )
     return objective
 
 
-dil_lsif_unpaired = _named_dil("lsif")
-dil_ukl_unpaired = _named_dil("ukl")
-dil_bce_unpaired = _named_dil("bce")
+dil_lsif_unpaired = _closed("lsif")
+dil_ukl_unpaired = _closed("ukl")
+dil_bce_unpaired = _closed("bce")
+
+
+def bregman_unpaired(
+    policy_logps: Tensor,
+    policy_kl_logps: Tensor | None,
+    reference_logps: Tensor,
+    reference_kl_logps: Tensor | None,
+    lengths: Tensor | None,
+    labels: Tensor,
+    *,
+    generator: str | Generator | None = None,
+    beta: float = 1.0,
+    length_normalize: bool = True,
+    max_log_ratio: float = 20.0,
+    **_: object,
+) -> tuple[Tensor, Metrics]:
+    """DIL on unpaired feedback with the Bregman estimator of any convex generator f (see dil_unpaired)."""
+    if generator is None:
+        raise ValueError("bregman_unpaired needs a generator: a callable f(t) or 'package.module:function'")
+    return dil_unpaired(
+        policy_logps,
+        policy_kl_logps,
+        reference_logps,
+        reference_kl_logps,
+        lengths,
+        labels,
+        generator=generator,
+        beta=beta,
+        length_normalize=length_normalize,
+        max_log_ratio=max_log_ratio,
+    )
