@@ -52,10 +52,21 @@ from imitalign.train.batching import epoch_order, plan_step, steps_per_epoch
 from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from imitalign.train.reference import attach_reference, precompute_reference
 from imitalign.train.tracking import MetricsLog, Throughput, available_trackers, peak_memory_mb
+from imitalign.train.unpaired import (
+    attach_pair_reference,
+    attach_response_reference,
+    collate_unpaired,
+    collate_unpaired_kl,
+    load_loss_state,
+    loss_state,
+    unpaired_loss,
+)
 
 log = logging.getLogger(__name__)
 
-DATA_KIND = {"pair": "preference", "token": "demonstration", "reward_pair": "preference", "classifier": "demonstration"}
+DATA_KIND = {"pair": "preference", "token": "demonstration", "reward_pair": "preference", "classifier": "demonstration",
+             "unpaired": "unpaired", "unpaired_kl": "unpaired"}
+UNPAIRED_KINDS = ("unpaired", "unpaired_kl")
 SCORE_KINDS = ("reward_pair", "classifier")  # a ScoreModel (LM + scalar head), not a policy, is trained
 
 
@@ -97,6 +108,11 @@ def _collate(
 ) -> dict:
     """A batch of ``items``; ``per_item`` holds data of every example indexed by ``idx``: precomputed reference
     log-probs ``[n, 2]`` (pair kinds) or 0/1 labels ``[n]`` (``classifier``)."""
+    if kind in UNPAIRED_KINDS:
+        batch = (collate_unpaired_kl if kind == "unpaired_kl" else collate_unpaired)(items, pad_id, packing)
+        if per_item is not None:
+            (attach_pair_reference if kind == "unpaired_kl" else attach_response_reference)(batch, per_item[idx])
+        return batch
     if kind in ("pair", "reward_pair"):
         if kind == "pair":  # padding-free rows, or padded rows with host-side target indices
             batch = collate_pairs_packed(items, pad_id) if packing else with_target_index(collate_pairs(items, pad_id))
@@ -259,6 +275,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     if resume:
         state = load_checkpoint(accelerator, ckpt)
         step = state["step"]
+        load_loss_state(fn, state.get("loss_state", {}))
         if main and not quiet:
             print(f"resumed from {ckpt} at step {step}/{total_steps}")
 
@@ -274,6 +291,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One micro-batch's loss (already on the device), for training and evaluation alike: the reference runs
         here when it is not precomputed; normalisation as in ``steps`` (``examples`` / ``tokens`` of the step)."""
+        if spec.kind in UNPAIRED_KINDS:
+            return unpaired_loss(engine, fn, batch, weights=weights, step_examples=examples, world=world,
+                                 with_kl=spec.kind == "unpaired_kl", reference=ref_engine, evaluating=evaluating)
         if ref_engine is not None and spec.kind == "pair":
             batch["ref_logps"] = _reference_logps(ref_engine, engine, batch)
         if spec.kind == "pair":
@@ -422,7 +442,8 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
                 accelerator,
                 run_dir,
                 step,
-                {"step": step, "epoch": step / per_epoch, "config_fingerprint": config_fingerprint(cfg)},
+                {"step": step, "epoch": step / per_epoch, "config_fingerprint": config_fingerprint(cfg),
+                 "loss_state": loss_state(fn)},
                 keep=cfg.train.keep_checkpoints,
             )
     bar.close()

@@ -58,6 +58,11 @@ def collate_unpaired_kl(items: list, pad_id: int, packing: bool) -> Batch:
     return batch
 
 
+def attach_pair_reference(batch: Batch, rows: Tensor) -> None:
+    """Precomputed ``[n, 2]`` → ``ref_logps [2n]``: the responses, then the mismatched pairs."""
+    batch["ref_logps"] = torch.cat([rows[:, 0], rows[:, 1]])
+
+
 def attach_response_reference(batch: Batch, rows: Tensor) -> None:
     """Precomputed ``[n, 2]`` → ``ref_logps [n]``: the responses' column (no mismatched rows in the batch)."""
     batch["ref_logps"] = rows[:, 0]
