@@ -136,7 +136,10 @@ def test_real_hh_report(gpt2):
     assert (split.rows_read, split.parsed, dict(split.skipped)) == (400, 399, {"empty_chosen": 1})
     assert split.examples + split.n_dropped == 399 and split.examples == len(examples)
     assert all(len(x.prompt_ids) + max(len(x.chosen_ids), len(x.rejected_ids)) <= 256 for x in examples)
-    assert split.n_dropped == split.dropped["prompt_too_long"] > 0
+    # long dialogues lose whole earliest turns instead of the row, and every kept prompt starts at a turn
+    assert split.n_dropped == 0 and split.prompt_turns_dropped == split.prompt_truncated > 0
+    texts = [gpt2.decode(x.prompt_ids) for x in examples]
+    assert all(t.startswith("Human: ") or "\n\nHuman:" not in t for t in texts)
 
 
 def test_preview_marks_the_boundary(tmp_path, gpt2):

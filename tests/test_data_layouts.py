@@ -280,6 +280,18 @@ def test_stack_exchange_paired_columns_get_both_readings_and_no_sft_one(tmp_path
     assert "- preference: columns: {prompt: question, chosen: response_j, rejected: response_k}" in msg
     assert "- preference: columns: {prompt: question, chosen: response_k, rejected: response_j}" in msg
     assert "response: response_" not in msg and "→" not in msg  # never the rejected answer as an SFT target
+    # with a 'prompt' column the layout reads as a demonstration missing 'response': still no sibling offered
+    path = write(tmp_path, [{"prompt": "q", "response_j": "good", "response_k": "bad"}], "se2.jsonl")
+    with pytest.raises(DataError) as err:
+        parse_data(DataConfig(train={"path": str(path)}), "demonstration")
+    assert "missing field 'response'" in str(err.value) and "Did you mean" not in str(err.value)
+    assert "chosen: response_j, rejected: response_k" in str(err.value)
+
+
+def test_llamafactory_column_names_are_translated_in_the_error(tmp_path):
+    with pytest.raises(DataError, match=r"columns: 'query' is not a field name — did you mean 'input'\?"):
+        path = write(tmp_path, [{"q": "p", "a": "r"}], "x.jsonl")
+        parse_data(DataConfig(train={"path": str(path), "columns": {"query": "q"}}), "demonstration")
 
 
 def test_chosen_messages_are_pairs_never_sft_messages(tmp_path):

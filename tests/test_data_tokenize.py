@@ -286,7 +286,7 @@ def test_prompt_longer_than_max_length_is_dropped(gpt2):
 
 
 def test_fit_counts_empty_responses_and_cut_responses():
-    def shrink(n: int) -> None:  # a prompt that cannot be shortened
+    def shrink(n: int, inside: bool) -> None:  # a prompt that cannot be shortened
         return None
 
     _, _, note = _fit([1, 10], [[20, 2], []], 8, None, shrink)

@@ -95,3 +95,15 @@ def test_counts_in_rows_and_responses(tmp_path, tok):
     assert "2 prompts (1 lost earliest turns, 1 cut inside their last user turn), 3 responses in 2 rows" in summary
     saved = report.to_dict()["train"]
     assert (saved["responses_truncated"], saved["response_truncated"], saved["prompt_cut_inside"]) == (3, 2, 1)
+
+
+def test_a_dialogue_longer_than_max_length_loses_turns_not_the_row(tok):
+    renderer = Renderer(tok, QWEN)
+    rec = DemonstrationRecord([SYSTEM, *TURNS], "Aldus Manutius.", "x:3")
+    full = n_tokens(tok, renderer, [SYSTEM, *TURNS])
+    ex, note = tokenize_demo(rec, tok, renderer, full - 10)  # the prompt alone is over max_length
+    assert ex is not None and note.turns_dropped > 0 and not note.cut_inside
+    assert text(tok, ex.prompt_ids) == renderer.render_prompt([SYSTEM, *TURNS[note.turns_dropped :]])
+    # a single turn that long is not cut without max_prompt_length: the row is dropped, as before
+    one = DemonstrationRecord([SYSTEM, {"role": "user", "content": "word " * 400}], "ok", "x:4")
+    assert tokenize_demo(one, tok, renderer, 100)[1].dropped == "prompt_too_long"

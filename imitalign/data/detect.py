@@ -166,6 +166,20 @@ def _side(name: str, words: set[str]) -> bool:
     return bool(set(re.split(r"[_\-. ]+", name.lower())) & words)
 
 
+def can_be(name: str, column: str, row: dict[str, Any]) -> bool:
+    """Whether ``column`` may play our field ``name``: one of two sibling columns is never a demonstration's
+    ``response`` (or ``output``), and a column named for one side of a pair never the other side nor ``messages``."""
+    in_pair = any(column in s for s in _siblings(row))
+    chosen, rejected = _side(column, _CHOSEN_WORDS), _side(column, _REJECTED_WORDS)
+    if name in ("response", "output", "messages", "prompt"):
+        return not (in_pair or chosen or rejected) or name == "response" and chosen and not in_pair
+    if name == "chosen":
+        return not rejected
+    if name == "rejected":
+        return not chosen
+    return True
+
+
 def readings(row: dict[str, Any], kind: str | None = None) -> list[tuple[str, dict[str, str]]]:
     """Every complete ``(kind, columns)`` configuration the row's column names allow (see the module doc)."""
     siblings = _siblings(row)

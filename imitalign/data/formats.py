@@ -55,7 +55,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from imitalign.data.detect import FIELDS, FORMATS, REQUIRED, detect_format, hint, implicit_columns
+from imitalign.data.detect import FIELDS, FORMATS, REQUIRED, can_be, detect_format, hint, implicit_columns
 from imitalign.data.layouts_llamafactory import (
     Skip,
     blank,
@@ -154,7 +154,7 @@ def _missing(
     readings = hint(row, kind)
     if readings:
         msg += "." + readings
-    elif close is not None and close not in columns.values():
+    elif close is not None and close not in columns.values() and can_be(name, close, row):
         msg += f". Did you mean {close!r}? (map it with columns: {{{name}: {close}}})"
     return DataError(msg)
 
@@ -316,11 +316,19 @@ def _with_label(
     return out, True
 
 
+# LLaMA-Factory's dataset_info.json column roles that have another name here
+_LLAMAFACTORY_NAMES = {"query": "input", "kto_tag": "label"}
+
+
 def check_columns(columns: dict[str, str]) -> None:
     """Reject a ``columns`` mapping whose keys are not our field names (with a suggestion)."""
     for ours in columns:
         if ours not in FIELDS:
-            close = difflib.get_close_matches(ours, FIELDS, n=1)
+            close = (
+                [_LLAMAFACTORY_NAMES[ours]]
+                if ours in _LLAMAFACTORY_NAMES
+                else difflib.get_close_matches(ours, FIELDS, n=1)
+            )
             hint_ = f" — did you mean {close[0]!r}?" if close else ""
             raise DataError(
                 f"columns: {ours!r} is not a field name{hint_} (the mapping is our name -> the file's column; "

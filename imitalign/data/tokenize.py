@@ -19,8 +19,9 @@ otherwise EOS is appended (plain text; Llama 3's ``<|eot_id|>`` with a tokenizer
 **Truncation** to ``max_length`` tokens per sequence (prompt + one response):
 
 1. ``max_prompt_length``, when set, caps the prompt at that many tokens;
-2. a prompt that still leaves no room for a response (``len(prompt) >= max_length``) drops the row
-   (``prompt_too_long``; set ``max_prompt_length`` to keep such prompts' ends instead);
+2. a prompt that still leaves no room for a response (``len(prompt) >= max_length``) loses whole earliest
+   turns down to the budget of 3.; when that is not possible (its last user turn alone is that long) the row
+   is dropped (``prompt_too_long``; set ``max_prompt_length`` to keep the end of such a turn instead);
 3. if prompt + longest response exceeds ``max_length``, the prompt is shortened, but not below
    ``max_length // 2`` tokens (with ``max_prompt_length`` set, its cap in 1. is the prompt's only cut);
 4. then responses are cut from the *right* to fit (a cut response loses its EOS);
@@ -154,7 +155,7 @@ def response_text(tokenizer: Any, text: str) -> tuple[str, bool]:
     return text, False
 
 
-Shrink = Callable[[int], "Shrunk | None"]  # prompt -> at most n tokens, by turns (None: impossible)
+Shrink = Callable[[int, bool], "Shrunk | None"]  # prompt -> at most n tokens by turns, cut inside allowed? (None: no)
 
 
 def _fit(
@@ -163,10 +164,10 @@ def _fit(
     """Apply the truncation rule to one prompt and its response(s) (see the module docstring)."""
     note = TokenizeNote(prompt_tokens=len(prompt), response_tokens=max(map(len, responses)))
 
-    def cut(ids: list[int], n: int) -> list[int] | None:
+    def cut(ids: list[int], n: int, inside: bool = True) -> list[int] | None:
         if len(ids) <= n:
             return ids
-        shrunk = shrink(n)
+        shrunk = shrink(n, inside)
         if shrunk is not None:
             note.turns_dropped, note.cut_inside = shrunk.turns_dropped, shrunk.cut_inside
             return shrunk.ids
@@ -178,10 +179,13 @@ def _fit(
             note.dropped = "prompt_too_long"
             return prompt, responses, note
         prompt = capped
-    if len(prompt) >= max_length:
-        note.dropped = "prompt_too_long"
-        return prompt, responses, note
     longest = note.response_tokens
+    if len(prompt) >= max_length:  # whole earliest turns may go; a single turn this long is not cut: dropped
+        kept = None if max_prompt_length is not None else cut(prompt, max(max_length // 2, max_length - longest), False)
+        if kept is None:
+            note.dropped = "prompt_too_long"
+            return prompt, responses, note
+        prompt = kept
     if len(prompt) + longest > max_length:
         floor = min(len(prompt), max_prompt_length if max_prompt_length is not None else max_length // 2)
         prompt = cut(prompt, max(floor, max_length - longest)) or prompt
@@ -302,7 +306,10 @@ def _shrinker(
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
-    return lambda n: shrink_prompt(prompt, n, encode_prompt, lambda text: encode(tokenizer, text), decode)
+    def content_ids(text: str) -> list[int]:
+        return encode(tokenizer, text)
+
+    return lambda n, inside: shrink_prompt(prompt, n, encode_prompt, content_ids, decode, cut_inside=inside)
 
 
 def _example(kind: str, rec: Record, p_ids: list[int], r_ids: list[list[int]]) -> Tokenized:

@@ -72,9 +72,11 @@ def shrink_prompt(
     encode: Encode,
     content_ids: Callable[[str], list[int]],
     decode: Callable[[list[int]], str],
+    *,
+    cut_inside: bool = True,
 ) -> Shrunk | None:
-    """The prompt ``messages`` rendered within ``budget`` tokens by dropping whole earliest turns, else by cutting
-    inside the last user turn (see the module docstring); None when nothing fits."""
+    """The prompt ``messages`` rendered within ``budget`` tokens by dropping whole earliest turns, else (with
+    ``cut_inside``) by cutting inside the last user turn (see the module docstring); None when nothing fits."""
     system = messages[:1] if messages and messages[0]["role"] == "system" else []
     rest = messages[len(system) :]
     users = [i for i, m in enumerate(rest) if m["role"] == "user"] or [max(len(rest) - 1, 0)]
@@ -91,7 +93,7 @@ def shrink_prompt(
     if k is not None:
         start = starts[len(starts) - 1 - k]
         return Shrunk(encoded[start], start, False)
-    if not rest:
+    if not rest or not cut_inside:
         return None
     tail = rest[last:]
     if len(tail) == 1:  # the last user turn alone (with the system message) is over budget: cut inside it
