@@ -1,6 +1,8 @@
 """Paired vs unpaired feedback on the gym, at the same data.
 
     python benchmarks/unpaired_gym.py [--seeds 3] [--fast] [--root runs/quickstart] [--only NAME ...]
+    python benchmarks/unpaired_gym.py --seed 1        # one seed (seeds can run as parallel processes)
+    python benchmarks/unpaired_gym.py --report        # the table from the seeds already run
 
 The quickstart's preference pairs (two SFT samples per prompt, labelled by Bradley–Terry on the gold reward r*)
 are used twice: as pairs by DPO and paired DIL, and broken into unpaired halves — the chosen response of each
@@ -74,6 +76,7 @@ def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> 
             f"KL {res['kl_to_reference']['mean']:.3f} ({res['train_seconds']:.0f} s)",
             flush=True,
         )
+    (base.work / "unpaired_results.json").write_text(json.dumps(rows, indent=2, default=list))
     return rows
 
 
@@ -83,27 +86,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fast", action="store_true", help="the quickstart's fast plan (CI sizes)")
     ap.add_argument("--root", default="runs/quickstart", help="the quickstart folder to reuse or build")
     ap.add_argument("--only", nargs="*", help="objective names to run (default: all)")
+    ap.add_argument("--seed", type=int, help="run this one seed only")
+    ap.add_argument("--report", action="store_true", help="only aggregate the seeds' saved results")
     args = ap.parse_args(argv)
     plan = FAST if args.fast else FULL
     methods = tuple(m for m in METHODS if not args.only or m.objective in args.only)
     t0 = time.perf_counter()
-    per_seed = [run_seed(Path(args.root), plan, seed, methods) for seed in range(args.seeds)]
-    rows = aggregate(per_seed)
-    table = markdown_table(rows)
-    out = Path(args.root) / "unpaired.json"
-    out.write_text(
-        json.dumps(
-            {
-                "rows": rows,
-                "seeds": args.seeds,
-                "plan": "fast" if args.fast else "full",
-                "wall_seconds": time.perf_counter() - t0,
-            },
-            indent=2,
-            default=list,
-        )
+    if args.report:
+        per_seed = [json.loads(p.read_text()) for p in sorted(Path(args.root).glob("seed*/unpaired_results.json"))]
+    else:
+        seeds = [args.seed] if args.seed is not None else list(range(args.seeds))
+        per_seed = [run_seed(Path(args.root), plan, seed, methods) for seed in seeds]
+    table = markdown_table(aggregate(per_seed))
+    wall = (time.perf_counter() - t0) / 60
+    print(
+        "\n" + table + f"\n\n{len(per_seed)} seed(s), plan {'fast' if args.fast else 'full'}, {wall:.1f} min",
+        flush=True,
     )
-    print("\n" + table + f"\n\n{args.seeds} seeds, wall {(time.perf_counter() - t0) / 60:.1f} min; {out}", flush=True)
 
 
 if __name__ == "__main__":
