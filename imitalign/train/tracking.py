@@ -69,3 +69,26 @@ class Throughput:
         rate = self.tokens / dt if dt > 0 else 0.0
         self.tokens, self.t0 = 0, time.perf_counter()
         return rate
+
+
+class MetricMean:
+    """Example-weighted means of metric dicts (tensors stay on device until logging)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weight = 0.0
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float) -> None:
+        for k, v in metrics.items():
+            v = v.detach().float() * weight
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.weight += weight
+
+    def result(self, accelerator: Any) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        vec = torch.stack([self.sums[k] for k in keys] + [torch.tensor(self.weight, device=self.sums[keys[0]].device)])
+        vec = accelerator.reduce(vec, "sum") if accelerator.num_processes > 1 else vec
+        vals = (vec[:-1] / vec[-1].clamp(min=1e-12)).tolist()
+        return dict(zip(keys, vals, strict=True))
