@@ -1,5 +1,5 @@
 """Unpaired feedback in the training loop: the batch builders and the loss call of the ``unpaired`` and
-``unpaired_kl`` objective kinds (their entries in ``imitalign.train.kinds.KINDS``).
+``unpaired_kl`` objective kinds (their two entries in ``imitalign.train.kinds.KINDS``).
 
 **Batch.** ``B`` labelled examples (:class:`imitalign.data.tokenize.TokenizedUnpaired`) in rows ``0..B-1``
 (prompt + response), ``labels [B]`` bool. For ``unpaired_kl`` (KTO's reference point) rows ``B..2B-1`` hold
@@ -35,7 +35,7 @@ from imitalign.data.collate import (
 from imitalign.model.logprobs import batch_index, to_logprobs
 from imitalign.objectives import unpaired
 from imitalign.objectives.unpaired import RewardShift
-from imitalign.train.steps import forward, sequence_logps
+from imitalign.train.steps import forward
 
 Batch = dict[str, Tensor]
 
@@ -119,13 +119,10 @@ def unpaired_loss(
     step_examples: int,
     world: int,
     with_kl: bool,
-    reference: Any = None,
     evaluating: bool = False,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """One micro-batch's loss (module docstring); ``reference`` runs the reference here when it was not
-    precomputed (a frozen engine, or ``"adapter"``: the policy with its LoRA disabled)."""
-    if reference is not None:
-        batch["ref_logps"] = _reference_logps(reference, engine, batch)
+    """One micro-batch's loss (module docstring); ``batch["ref_logps"]`` holds the reference log-probs
+    (precomputed and attached, or run on the fly by the caller)."""
     flat, _ = forward(engine, batch)
     lp = to_logprobs(flat, None, batch["response_mask"], batch_index(batch))
     labels = batch["labels"]
@@ -146,12 +143,3 @@ def unpaired_loss(
         extra["delta"] = shift.delta if evaluating else _global_update(shift, rewards, labels)
     losses, metrics = fn(logps, kl, ref_resp, ref_kl, lengths, labels, **extra)
     return (losses * weights).sum() * (world / step_examples), metrics
-
-
-def _reference_logps(reference: Any, engine: Any, batch: Batch) -> Tensor:
-    with torch.no_grad():
-        if reference == "adapter":
-            lm = engine.module.lm if hasattr(engine, "module") else engine.lm
-            with lm.disable_adapter():
-                return sequence_logps(engine, batch)
-        return sequence_logps(reference, batch)
