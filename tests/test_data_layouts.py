@@ -330,6 +330,11 @@ def test_unpaired_rows_refused_by_a_pair_objective_and_label_type_checked(tmp_pa
     # a non-boolean 'label' that was not mapped is an ordinary column: kept in extra, the rows stay demonstrations
     other = write(tmp_path, [{"prompt": "p", "response": "a", "label": "sports"}], "o.jsonl")
     assert parse_data(DataConfig(train={"path": str(other)}), "demonstration").train[0].extra == {"label": "sports"}
+    # a pair file's own boolean 'label' column is not feedback unless mapped: kept in extra
+    pairs = write(tmp_path, [{"prompt": "p", "chosen": "a", "rejected": "b", "label": True}], "pl.jsonl")
+    assert parse_data(DataConfig(train={"path": str(pairs)}), "preference").train[0].extra == {"label": True}
+    with pytest.raises(DataError, match="label belongs to rows with one response"):
+        parse_data(DataConfig(train={"path": str(pairs), "columns": {"label": "label"}}), "preference")
 
 
 def test_pairs_broken_into_unpaired_halves(tmp_path):

@@ -301,8 +301,11 @@ def _label(value: Any, location: str, name: str) -> bool:
 def _with_label(
     records: list[Record], row: dict[str, Any], location: str, names: dict[str, str], explicit: bool
 ) -> tuple[list[Record], bool]:
-    """Demonstrations become unpaired feedback when the row has a label (booleans; any value when mapped)."""
+    """Demonstrations become unpaired feedback when the row has a label (booleans; any value when mapped). An
+    unmapped boolean ``label`` on rows that are not demonstrations (a pair file's own column) is left in extra."""
     if "label" not in row or not (explicit or isinstance(row["label"], bool)):
+        return records, False
+    if not explicit and not all(isinstance(r, DemonstrationRecord) for r in records):
         return records, False
     label = _label(row["label"], location, names.get("label", "label"))
     out: list[Record] = []
