@@ -116,7 +116,7 @@ def quickstart(
     out: Annotated[str, typer.Option("--out", help="run folder")] = "runs/quickstart",
 ) -> None:
     """Build the gym, train SFT, DPO, IPO, DIL-LSIF/UKL/BCE, MLE and IQLearn, evaluate, report."""
-    from imitalign.gym.quickstart import run_quickstart
+    from imitalign.experiments.quickstart import run_quickstart
 
     setup_logging()
     run_quickstart(out, fast=fast, seeds=seeds)
