@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.cli import SetOpt, app, friendly, setup_logging
+from imitalign.commands.app import SetOpt, app, friendly, setup_logging
 
 afd_app = typer.Typer(no_args_is_help=True, help="Alignment from demonstrations: AfD reward models and experiments.")
 iq_app = typer.Typer(no_args_is_help=True, help="IQLearn extras: the λ/α frontier and the recovered reward.")
