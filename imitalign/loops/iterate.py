@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from imitalign import objectives
-from imitalign.config import Config, ConfigError, load_config
+from imitalign.config import Config, ConfigError, apply_overrides, load_config
 from imitalign.loops.iterate_config import (
     EnhancerConfig,
     EvalConfig,
@@ -116,6 +116,7 @@ __all__ = [  # the config models and the report live in iterate_config.py / iter
     "prepare_gym",
     "read_iterate_config",
     "resolve_config",
+    "iterate",
     "round_table",
     "run_iterate",
     "summarize_runs",
@@ -599,6 +600,18 @@ def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_s
         ],
     )
     return prompt_set
+
+
+def iterate(
+    config: str | Path | dict[str, Any], overrides: list[str] | None = None, *, quiet: bool = True
+) -> IterateResult:
+    """Run (or resume) the loop of a YAML config file (or its dict), with ``--set``-style ``overrides``: what
+    ``imitalign iterate CONFIG`` does (a ``gym`` section builds its gym pieces first)."""
+    if isinstance(config, dict):
+        raw, source = apply_overrides(dict(config), overrides or []), "<dict>"
+    else:
+        raw, source = read_iterate_config(config, overrides or []), str(config)
+    return run_iterate(resolve_config(raw, source), quiet=quiet)
 
 
 def run_iterate(
