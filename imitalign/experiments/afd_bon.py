@@ -129,6 +129,36 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
             extra = order_share if shares else style_share  # the default styles' outputs stay as they were
             res = run_bon(bon_config(b, plan, style, summary["rewards"], summary["sft_model"]), extra=extra)
             per[style].append(res["results"])
+    panels = _aggregate_panels(per)
+    out = Path(root)
+    suffix = styles_suffix(styles)
+    plot_curves(panels, out / f"afd_bon{suffix}.png", metrics=metrics)
+    lines = [
+        f"Seeds: {seeds} (cells: mean over seeds ± se over seeds; one seed: ± se over prompts). "
+        f"N_max = {plan.n_max}, {plan.gym.n_eval_prompts} held-out prompts. "
+        f"Wall {(time.perf_counter() - t0) / 60:.1f} min.",
+        "",
+    ]
+    text = "\n".join(lines + _curve_tables(panels, metrics) + _afd_tables(accuracy, shares, sensitivity))
+    (out / f"afd_bon{suffix}.md").write_text(text + "\n")
+    write_json(
+        out / f"afd_bon{suffix}.json",
+        {
+            "panels": {
+                k: [{kk: (list(vv) if isinstance(vv, tuple) else vv) for kk, vv in r.items()} for r in v]
+                for k, v in panels.items()
+            },
+            "accuracy": accuracy,
+            "seeds": seeds,
+            **({"class_shares": shares, "style_sensitivity": sensitivity} if shares else {}),
+        },
+    )
+    print(text)
+    return text
+
+
+def _aggregate_panels(per: dict[str, list[list[dict[str, Any]]]]) -> dict[str, list[dict[str, Any]]]:
+    """Each style's best-of-N rows (source, N) over seeds: mean over seeds ± se over seeds."""
     panels: dict[str, list[dict[str, Any]]] = {}
     for style, runs in per.items():
         agg = []
@@ -140,15 +170,12 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
                     row[key] = over_seeds([as_mean_se(r[key]) for r in same])
             agg.append(row)
         panels[f"{style} demos"] = agg
-    out = Path(root)
-    suffix = styles_suffix(styles)
-    plot_curves(panels, out / f"afd_bon{suffix}.png", metrics=metrics)
-    lines = [
-        f"Seeds: {seeds} (cells: mean over seeds ± se over seeds; one seed: ± se over prompts). "
-        f"N_max = {plan.n_max}, {plan.gym.n_eval_prompts} held-out prompts. "
-        f"Wall {(time.perf_counter() - t0) / 60:.1f} min.",
-        "",
-    ]
+    return panels
+
+
+def _curve_tables(panels: dict[str, list[dict[str, Any]]], metrics: Sequence[str]) -> list[str]:
+    """One Markdown table per panel and metric: a row per reward source, a column per N."""
+    lines: list[str] = []
     for style, agg in panels.items():
         ns = sorted({r["n"] for r in agg})
         for metric in metrics:
@@ -164,6 +191,16 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
                 by = {r["n"]: r for r in agg if r["source"] == name}
                 lines.append(f"| {name} | " + " | ".join(cell(by[n][metric]) for n in ns) + " |")
             lines.append("")
+    return lines
+
+
+def _afd_tables(
+    accuracy: dict[str, dict[str, list[float]]],
+    shares: dict[str, list[dict[str, dict[str, float]]]],
+    sensitivity: dict[str, list[dict[str, dict[str, float]]]],
+) -> list[str]:
+    """The discriminators' held-out accuracy; with a variant style, the classes' style/order shares and whether
+    each discriminator sees the style."""
     acc_lines = [
         "**held-out discriminator accuracy** (mean over seeds)",
         "",
@@ -197,21 +234,5 @@ def exp_bon(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, styles: Sequ
         for mode in runs[0]:
             cells = [cell(over_seeds([(r[mode][k], math.nan) for r in runs])) for k in keys]
             acc_lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines + acc_lines)
-    (out / f"afd_bon{suffix}.md").write_text(text + "\n")
-    write_json(
-        out / f"afd_bon{suffix}.json",
-        {
-            "panels": {
-                k: [{kk: (list(vv) if isinstance(vv, tuple) else vv) for kk, vv in r.items()} for r in v]
-                for k, v in panels.items()
-            },
-            "accuracy": accuracy,
-            "seeds": seeds,
-            **({"class_shares": shares, "style_sensitivity": sensitivity} if shares else {}),
-        },
-    )
-    print(text)
-    return text
-
+    return acc_lines
 

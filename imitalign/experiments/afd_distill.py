@@ -8,6 +8,7 @@ from typing import Any
 from imitalign.data.jsonl import read_jsonl, write_jsonl
 from imitalign.experiments.common import (
     PLAN,
+    Base,
     GymPlan,
     afd_config,
     aggregate_rows,
@@ -32,32 +33,37 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
     (b) DPO (reference π_SFT) on best-vs-worst pairs of the same samples (``max_min`` of :mod:`imitalign.loops.pairs`);
     (c) (b) iterated through ``imitalign iterate`` (fresh samples of the current policy each round, reference π_SFT);
     against best-of-n reranking of π_SFT's samples on the held-out prompts (the same reward)."""
-    from imitalign.loops.bon import best_index, group_by_prompt
-    from imitalign.loops.iterate import parse_iterate_config, run_iterate
-    from imitalign.loops.pairs import make_pairs
-
     b = base(root, plan, seed)
     afd = run_afd(afd_config(b, plan, "plain", modes=["init_sft"]))
     sft = afd["sft_model"]
     reward = next(r for r in afd["rewards"] if r["kind"] == "discriminator")
     work = b.work / "distill"
-    # best-of-n of π_SFT on the training prompts, scored by the init-SFT discriminator
-    train_bon = BonConfig.model_validate(
-        {
-            "model": sft,
-            "prompts": {"path": str(b.files.online_prompts), "format": "prompt"},
-            "rewards": [reward],
-            "n_max": n,
-            "ns": [n],
-            "baseline_n": 1,
-            "seed": seed + 11,
-            "sampling": sampling(plan).model_dump(),
-            "chat_template": "none",
-            "max_length": plan.max_length,
-            "output_dir": str(work / "bon_train"),
-        }
-    )
-    run_bon(train_bon)
+    winners_path, pairs_path, note = _distill_data(b, plan, seed, n, sft, reward, work)
+    policies = _distilled_policies(b, plan, seed, n, rounds, sft, reward, work, winners_path, pairs_path)
+    # evaluation (π_SFT's own evaluation is the baseline of the win rates)
+    base_res = cached_eval(work / "eval_sft.json", sft, lambda: evaluate(sft, b, plan, reference=sft))
+    baseline = base_res["per_sample"]["score"]
+    table_rows = [policy_row("π_SFT (plain demos)", base_res)]
+    for label, model in policies:
+        res = cached_eval(
+            work / f"eval_{Path(model).parent.name}.json",
+            model,
+            lambda m=model: evaluate(m, b, plan, reference=sft, baseline=baseline),
+        )
+        table_rows.append(policy_row(label, res))
+    table_rows += _rerank_rows(b, plan, seed, n, sft, reward, work)
+    return table_rows, note
+
+
+def _distill_data(
+    b: Base, plan: GymPlan, seed: int, n: int, sft: str, reward: dict[str, Any], work: Path
+) -> tuple[Path, Path, str]:
+    """Best-of-n of π_SFT on the training prompts, scored by the init-SFT discriminator: the winners (a
+    demonstration file) and best-vs-worst pairs; returns both paths and the seed's note."""
+    from imitalign.loops.bon import best_index, group_by_prompt
+    from imitalign.loops.pairs import make_pairs
+
+    run_bon(_bon_config(plan, sft, reward, b.files.online_prompts, [n], 1, seed + 11, work / "bon_train"))
     rows = read_jsonl(work / "bon_train" / "samples.scored.jsonl")
     name = reward["name"]
     scores = [r["scores"][name] for r in rows]
@@ -68,6 +74,17 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
 
     pairs_path = write_jsonl(work / "best_vs_worst.jsonl", pairs)
     say(f"distillation data: {len(winners)} winners, {stats.summary()}")
+    note = f"seed {seed}: {len(winners)} training prompts × {n} samples; pairs: {stats.summary()}"
+    return winners_path, pairs_path, note
+
+
+def _distilled_policies(
+    b: Base, plan: GymPlan, seed: int, n: int, rounds: int, sft: str, reward: dict[str, Any], work: Path,
+    winners_path: Path, pairs_path: Path,
+) -> list[tuple[str, str]]:
+    """(label, model folder) of SFT on the winners, DPO on the pairs (two strengths), and DPO iterated."""
+    from imitalign.loops.iterate import parse_iterate_config, run_iterate
+
     sft_winners = train_stage(
         work / "sft_winners",
         sft,
@@ -120,40 +137,21 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
     )
     iterated = run_iterate(it_cfg, say=say)
     last = str(Path(iterated.root) / f"round_{rounds}" / "train" / "model")
-    # evaluation (π_SFT's own evaluation is the baseline of the win rates)
-    base_res = cached_eval(work / "eval_sft.json", sft, lambda: evaluate(sft, b, plan, reference=sft))
-    baseline = base_res["per_sample"]["score"]
-    table_rows = [policy_row("π_SFT (plain demos)", base_res)]
-    for label, model in (
+    return [
         (f"SFT on best-of-{n} winners", sft_winners),
         (f"DPO on best-vs-worst of {n} (β 0.1)", dpo),
         (f"DPO on best-vs-worst of {n} (β 0.5, lr/5, 1 epoch)", gentle),
         (f"DPO best-vs-worst, iterated ×{rounds}", last),
-    ):
-        res = cached_eval(
-            work / f"eval_{Path(model).parent.name}.json",
-            model,
-            lambda m=model: evaluate(m, b, plan, reference=sft, baseline=baseline),
-        )
-        table_rows.append(policy_row(label, res))
-    # reranking at the same N on the held-out prompts (the gym-bon samples when they exist)
-    rerank = run_bon(
-        BonConfig.model_validate(
-            {
-                "model": sft,
-                "prompts": {"path": str(b.files.eval_prompts), "format": "prompt"},
-                "rewards": [reward],
-                "n_max": n,
-                "ns": [1, n],
-                "baseline_n": 4,
-                "seed": seed + 77,
-                "sampling": sampling(plan).model_dump(),
-                "chat_template": "none",
-                "max_length": plan.max_length,
-                "output_dir": str(work / "bon_eval"),
-            }
-        )
-    )
+    ]
+
+
+def _rerank_rows(
+    b: Base, plan: GymPlan, seed: int, n: int, sft: str, reward: dict[str, Any], work: Path
+) -> list[dict[str, Any]]:
+    """Best-of-n reranking of π_SFT's samples at the same N on the held-out prompts (the same reward)."""
+    name = reward["name"]
+    table_rows = []
+    rerank = run_bon(_bon_config(plan, sft, reward, b.files.eval_prompts, [1, n], 4, seed + 77, work / "bon_eval"))
     for r in rerank["results"]:
         if r["n"] == n:
             table_rows.append(
@@ -164,8 +162,7 @@ def _distill_seed(root: str | Path, plan: GymPlan, seed: int, n: int, rounds: in
                     "length": as_mean_se(r["length"]),
                 }
             )
-    note = f"seed {seed}: {len(winners)} training prompts × {n} samples; pairs: {stats.summary()}"
-    return table_rows, note
+    return table_rows
 
 
 
@@ -182,3 +179,23 @@ def exp_distill(root: str | Path, plan: GymPlan = PLAN, seeds: int = 1, n: int =
     return text
 
 
+def _bon_config(
+    plan: GymPlan, sft: str, reward: dict[str, Any], prompts: Path, ns: list[int], baseline_n: int, seed: int,
+    out: Path,
+) -> BonConfig:
+    """Best-of-``max(ns)`` of π_SFT on ``prompts`` with ``reward`` (N = ``ns``)."""
+    return BonConfig.model_validate(
+        {
+            "model": sft,
+            "prompts": {"path": str(prompts), "format": "prompt"},
+            "rewards": [reward],
+            "n_max": ns[-1],
+            "ns": ns,
+            "baseline_n": baseline_n,
+            "seed": seed,
+            "sampling": sampling(plan).model_dump(),
+            "chat_template": "none",
+            "max_length": plan.max_length,
+            "output_dir": str(out),
+        }
+    )

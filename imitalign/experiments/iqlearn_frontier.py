@@ -83,46 +83,7 @@ def exp_iqlearn(
     variants += [(f"λ=0 (MLE), sampled at T={t:g}", 0.0, 0.0, t, False) for t in mle_temperatures]
     per: dict[str, list[dict[str, Any]]] = {}
     for seed in range(seeds):
-        b = base(root, plan, seed)
-        work = b.work / "iqlearn"
-        demos = read_jsonl(b.files.expert)
-        own_path = work / "own_samples_init.jsonl"
-        if not own_path.is_file():  # the policy's own samples at the start: one π_init sample per demo prompt
-            own = sample_prompts(b.init, b.files.expert, 1, seed + 31, plan)
-            write_demo_rows(own_path, [r for r in own if r["response"].strip()])
-        pool_path = work / "pool.jsonl"
-        if not pool_path.is_file():  # 8 π_init samples per held-out prompt, with their gold reward
-            from imitalign.gym.build import gold_rewards
-
-            pool = sample_prompts(b.init, b.files.eval_prompts, 8, seed + 41, plan)
-            for r, g in zip(pool, gold_rewards(pool), strict=True):
-                r["gold"] = g
-            write_jsonl(pool_path, pool)
-        pool = read_jsonl(pool_path)
-        for label, lam, alpha, temp, online in variants:
-            if online:
-                tag = f"lam{lam:g}_a{alpha:g}_online"
-                model, run_dir = online_iqlearn(work / tag, b, plan, seed, lam, alpha)
-                res = cached_eval(work / f"eval_{tag}.json", model, lambda m=model, b=b: evaluate(m, b, plan))
-                per.setdefault(label, []).append(_frontier_row(res, run_dir, model, pool, plan, len(demos)))
-                continue
-            data: dict[str, Any] = {
-                "train": {"path": str(b.files.expert), "format": "demonstration"},
-                "eval_fraction": 0.05,
-            }
-            if alpha > 0:
-                data["policy_samples"] = {"path": str(own_path), "format": "demonstration"}
-            objective = "mle" if lam == 0 else "iqlearn"
-            options = {} if lam == 0 else {"lam": lam, "alpha": alpha}
-            tag = "mle" if lam == 0 else f"lam{lam:g}_a{alpha:g}"
-            model = train_stage(work / tag, b.init, data, objective, plan.sft, seed, plan, options=options)
-            suffix = "" if temp == 1.0 else f"_T{temp:g}"
-            res = cached_eval(
-                work / f"eval_{tag}{suffix}.json",
-                model,
-                lambda m=model, b=b, t=temp: evaluate(m, b, plan, temperature=t),
-            )
-            per.setdefault(label, []).append(_frontier_row(res, work / tag, model, pool, plan, len(demos)))
+        _iqlearn_seed(root, plan, seed, variants, per)
     keys = [
         ("gold", "gold r*"),
         ("self_bleu", "self-BLEU ↓"),
@@ -156,6 +117,53 @@ def exp_iqlearn(
     print(text)
     return text
 
+
+def _iqlearn_seed(
+    root: str | Path, plan: GymPlan, seed: int, variants: list[tuple[str, float, float, float, bool]],
+    per: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Seed ``seed``'s frontier rows, appended to ``per[label]``: π_init's own samples and the sample pool drawn
+    once, then each variant (label, λ, α, sampling temperature, online) trained, evaluated and scored."""
+    b = base(root, plan, seed)
+    work = b.work / "iqlearn"
+    demos = read_jsonl(b.files.expert)
+    own_path = work / "own_samples_init.jsonl"
+    if not own_path.is_file():  # the policy's own samples at the start: one π_init sample per demo prompt
+        own = sample_prompts(b.init, b.files.expert, 1, seed + 31, plan)
+        write_demo_rows(own_path, [r for r in own if r["response"].strip()])
+    pool_path = work / "pool.jsonl"
+    if not pool_path.is_file():  # 8 π_init samples per held-out prompt, with their gold reward
+        from imitalign.gym.build import gold_rewards
+
+        pool = sample_prompts(b.init, b.files.eval_prompts, 8, seed + 41, plan)
+        for r, g in zip(pool, gold_rewards(pool), strict=True):
+            r["gold"] = g
+        write_jsonl(pool_path, pool)
+    pool = read_jsonl(pool_path)
+    for label, lam, alpha, temp, online in variants:
+        if online:
+            tag = f"lam{lam:g}_a{alpha:g}_online"
+            model, run_dir = online_iqlearn(work / tag, b, plan, seed, lam, alpha)
+            res = cached_eval(work / f"eval_{tag}.json", model, lambda m=model, b=b: evaluate(m, b, plan))
+            per.setdefault(label, []).append(_frontier_row(res, run_dir, model, pool, plan, len(demos)))
+            continue
+        data: dict[str, Any] = {
+            "train": {"path": str(b.files.expert), "format": "demonstration"},
+            "eval_fraction": 0.05,
+        }
+        if alpha > 0:
+            data["policy_samples"] = {"path": str(own_path), "format": "demonstration"}
+        objective = "mle" if lam == 0 else "iqlearn"
+        options = {} if lam == 0 else {"lam": lam, "alpha": alpha}
+        tag = "mle" if lam == 0 else f"lam{lam:g}_a{alpha:g}"
+        model = train_stage(work / tag, b.init, data, objective, plan.sft, seed, plan, options=options)
+        suffix = "" if temp == 1.0 else f"_T{temp:g}"
+        res = cached_eval(
+            work / f"eval_{tag}{suffix}.json",
+            model,
+            lambda m=model, b=b, t=temp: evaluate(m, b, plan, temperature=t),
+        )
+        per.setdefault(label, []).append(_frontier_row(res, work / tag, model, pool, plan, len(demos)))
 
 def online_iqlearn(out: Path, b: Base, plan: GymPlan, seed: int, lam: float, alpha: float) -> tuple[str, Path]:
     """Fully online IQLearn from π_init: ``plan.sft.epochs`` rounds of ``imitalign iterate`` (``pairs.mode:
