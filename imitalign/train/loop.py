@@ -47,7 +47,7 @@ from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
 from imitalign.model.score import load_score_model
 from imitalign.reward.labels import read_labels
-from imitalign.train import steps
+from imitalign.train import sharding, steps
 from imitalign.train.batching import epoch_order, plan_step, steps_per_epoch
 from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from imitalign.train.reference import attach_reference, precompute_reference
@@ -157,12 +157,16 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
 
     run_dir = Path(cfg.run.output_dir)
     trackers = available_trackers(list(cfg.train.trackers))
+    mixed_precision = _mixed_precision(cfg.train.mixed_precision)
     accelerator = Accelerator(
-        mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+        mixed_precision=mixed_precision,
         log_with=trackers or None,
         project_dir=str(run_dir),
         cpu=_cpu_processes(),
+        **sharding.accelerator_kwargs(cfg, mixed_precision),
     )
+    sharding.engage_on_cpu(accelerator, cfg, mixed_precision)
+    sharded = sharding.is_sharded(accelerator)  # FSDP2 / ZeRO-3: the reference runs on the sharded engine
     main = accelerator.is_main_process
     if resume:
         ckpt = latest_checkpoint(run_dir)
@@ -215,11 +219,11 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     per_item = None  # precomputed reference log-probs (pair kinds) or labels (classifier), by example index
     ref_engine = None
     if spec.needs_reference:
-        if cfg.reference.precompute:
+        if cfg.reference.precompute and not sharded:
             per_item = precompute_reference(
                 cfg, engine, model, tok, train_items + eval_items, accelerator, quiet=quiet
             )
-        else:
+        elif not cfg.reference.precompute:
             ref_engine = attach_reference(cfg, model, tok, accelerator)
 
     if label_of is not None:
@@ -247,7 +251,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
     )
     engine, optimizer, scheduler = accelerator.prepare(engine, optimizer, scheduler)
     if ref_engine is not None and not isinstance(ref_engine, str):
-        ref_engine = accelerator.prepare_model(ref_engine, evaluation_mode=True)
+        ref_engine = sharding.shard_frozen(accelerator, ref_engine)
+    if spec.needs_reference and cfg.reference.precompute and sharded:
+        per_item = precompute_reference(cfg, engine, model, tok, train_items + eval_items, accelerator, quiet=quiet)
     if trackers and main:
         accelerator.init_trackers(cfg.run.name or run_dir.name, config=cfg.model_dump(mode="json"))
 
@@ -429,8 +435,11 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         metrics_log.write({f"eval/{k}": v for k, v in last_eval.items()}, step)
     model_dir = run_dir / "model"
     accelerator.wait_for_everyone()
+    full = sharding.full_state_dict(accelerator, engine) if sharded else None  # every process takes part
     if main:
         lm = accelerator.unwrap_model(engine).lm
+        if full is not None:
+            lm = sharding.consolidated_copy(lm, full)
         tmp = run_dir / "model.tmp"
         save_model(lm, tok, tmp)
         if model_dir.exists():
