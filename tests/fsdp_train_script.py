@@ -22,7 +22,8 @@ def _stop_after_checkpoint() -> None:
         raise SystemExit(0)
 
     for module in list(sys.modules.values()):  # wherever the loop imported it from
-        if getattr(module, "__name__", "").startswith("imitalign.") and getattr(module, "save_checkpoint", None) is original:
+        ours = getattr(module, "__name__", "").startswith("imitalign.")
+        if ours and getattr(module, "save_checkpoint", None) is original:
             module.save_checkpoint = save_then_stop
 
 
