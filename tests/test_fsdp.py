@@ -2,7 +2,7 @@
 root train like 1 unsharded process with the same global batch — per-step losses, final consolidated weights.
 
 accelerate's FSDP plugin does not engage on CPU; ``train.fsdp: true`` makes the loop install it in accelerate's
-state (``imitalign.train.sharding.engage_on_cpu``), so ``prepare`` runs accelerate's own FSDP2 code
+state (``imitalign.train.sharding.engage``), so ``prepare`` runs accelerate's own FSDP2 code
 (``fsdp2_prepare_model``: DTensor shards, each process holds half of every weight), and ``save_state`` /
 ``load_state`` / ``get_state_dict`` their FSDP2 paths (sharded torch.distributed.checkpoint folders; full weights
 gathered for the final ``save_pretrained``). The 1-process runs are plain (no sharding, no process group).

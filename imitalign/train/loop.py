@@ -169,7 +169,7 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
         cpu=_cpu_processes(),
         **sharding.accelerator_kwargs(cfg, mixed_precision),
     )
-    sharding.engage_on_cpu(accelerator, cfg, mixed_precision)
+    sharding.engage(accelerator, cfg, mixed_precision)
     sharded = sharding.is_sharded(accelerator)  # FSDP2 / ZeRO-3: the reference runs on the sharded engine
     main = accelerator.is_main_process
     if resume:

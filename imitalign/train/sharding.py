@@ -7,7 +7,8 @@ What the training loop asks of this module, in order:
   ``fully_shard``-ed, then the whole engine (the root group holds embeddings, final norm and LM head),
   parameters resharded after forward, a sharded checkpoint format (torch.distributed.checkpoint), and under
   bf16 mixed precision bf16 parameters for compute with fp32 gradient reduction.
-- ``engage_on_cpu(accelerator, cfg)``: accelerate ignores its FSDP plugin when the processes are a CPU (gloo)
+- ``engage(accelerator, cfg)``: gradients reduced in fp32 under bf16 (also for a launcher's FSDP config);
+  accelerate ignores its FSDP plugin when the processes are a CPU (gloo)
   group (``MULTI_CPU``); this installs it in accelerate's state so that ``prepare``, ``get_state_dict``,
   ``save_state`` and ``load_state`` take their FSDP2 paths — the code accelerate runs on GPUs — on CPU.
 - ``shard_frozen(accelerator, module)``: a frozen reference copy sharded like the policy (no optimiser).
@@ -64,12 +65,15 @@ def accelerator_kwargs(cfg: Any, mixed_precision: str) -> dict[str, Any]:
     return {"fsdp_plugin": fsdp2_plugin(mixed_precision)}
 
 
-def engage_on_cpu(accelerator: Any, cfg: Any, mixed_precision: str) -> None:
-    """With ``train.fsdp`` on a CPU process group, make accelerate's state FSDP2 (it stays ``MULTI_CPU``
-    otherwise and would wrap the engine in DDP). One process has nothing to shard: left as it is."""
+def engage(accelerator: Any, cfg: Any, mixed_precision: str) -> None:
+    """fp32 gradient reduction under FSDP2 + bf16. With ``train.fsdp`` on a CPU process group, accelerate's state
+    made FSDP2 (it stays ``MULTI_CPU`` otherwise and would wrap the engine in DDP); one process has nothing to
+    shard and is left as it is."""
     from accelerate.state import AcceleratorState, PartialState
     from accelerate.utils import DistributedType
 
+    if accelerator.is_fsdp2:
+        _reduce_in_fp32(accelerator.state.fsdp_plugin)
     if not cfg.train.fsdp or accelerator.distributed_type != DistributedType.MULTI_CPU:
         return
     plugin = fsdp2_plugin(mixed_precision)
@@ -78,6 +82,22 @@ def engage_on_cpu(accelerator: Any, cfg: Any, mixed_precision: str) -> None:
     AcceleratorState._shared_state["distributed_type"] = DistributedType.FSDP
     AcceleratorState._shared_state["fsdp_plugin"] = plugin
     log.info("FSDP2 engaged on a CPU process group of %d processes", accelerator.num_processes)
+
+
+def _reduce_in_fp32(plugin: Any) -> None:
+    """bf16 compute, fp32 gradient reduction: accelerate's launcher config sets both to the mixed-precision
+    dtype, and summing bf16 gradients over many processes loses digits."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    policy = plugin.mixed_precision_policy
+    if isinstance(policy, MixedPrecisionPolicy) and policy.param_dtype == torch.bfloat16:
+        if policy.reduce_dtype != torch.float32:
+            plugin.mixed_precision_policy = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16,
+                reduce_dtype=torch.float32,
+                output_dtype=policy.output_dtype,
+                cast_forward_inputs=policy.cast_forward_inputs,
+            )
 
 
 def zero_stage(accelerator: Any) -> int:
