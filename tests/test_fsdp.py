@@ -164,3 +164,30 @@ def test_fsdp_trains_like_one_process(tmp_path, case):
     _assert_same_training(tmp_path / "one", tmp_path / "two")
     if "model__lora" in extra:
         _assert_same_training(tmp_path / "one", tmp_path / "two", "adapter/adapter_model.safetensors")
+
+
+def test_zero3_parameters_make_the_engine_call_the_head():
+    """Under ZeRO-3 a weight read outside its module's forward is an empty placeholder: a head whose weight
+    carries DeepSpeed's ``ds_id`` is *called* (its hooks would gather the weight), with the same numbers and
+    gradients as the fused path that reads the weight directly."""
+    from imitalign.model.logprobs import LogProbModel
+    from tests.helpers import tiny_llama
+
+    model = tiny_llama()
+    ids = torch.randint(1, 97, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    response = mask.clone().bool()
+    response[:, :5] = False
+    calls = []
+    model.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    fused, _ = LogProbModel(model)(ids, mask, response)
+    fused.sum().backward()
+    grad_fused = model.lm_head.weight.grad.clone()
+    assert not calls  # the fused path reads the weight without calling the module
+    model.zero_grad()
+    model.lm_head.weight.ds_id = 7  # what deepspeed.zero.Init puts on a partitioned parameter
+    called, _ = LogProbModel(model)(ids, mask, response)
+    called.sum().backward()
+    assert calls  # the module was called: ZeRO-3's hooks would run
+    assert torch.allclose(called, fused, atol=1e-6)
+    assert torch.allclose(model.lm_head.weight.grad, grad_fused, atol=1e-6)
