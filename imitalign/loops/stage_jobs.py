@@ -110,14 +110,16 @@ def score_stage(cfg: Any, reward: RewardSource | None, gold_source: RewardSource
 
 
 # ------------------------------------------------------------------------------------------ train
-def train_stage_job(cfg: Any, rd: Path, t: int, init: str, reference: str, data: str) -> dict[str, Any]:
+def train_stage_job(
+    cfg: Any, rd: Path, t: int, init: str, reference: str, data: str, say: Callable[[str], None]
+) -> dict[str, Any]:
     """The round's training run (the config of :func:`imitalign.loops.iterate.train_config`), reused when finished
     and resumed from its newest checkpoint of the same config when a job was killed half-way."""
     from imitalign.loops.iterate import train_config
 
     tcfg = train_config(cfg, t, init, reference, Path(data), rd / "train")
     fault_after_first_checkpoint(t)
-    return train_or_reuse(tcfg, quiet=not is_main(), resume=True)
+    return train_or_reuse(tcfg, say=say, quiet=not is_main(), resume=True)
 
 
 # ------------------------------------------------------------------------------------------ the job
@@ -145,7 +147,8 @@ def run_stage(
         reward, gold = score_sources(cfg)
         score_stage(cfg, reward, gold, rd, t)
     elif stage == "train":
-        summary = train_stage_job(cfg, rd, t, need("init", init), need("reference", reference), need("data", data))
+        paths = need("init", init), need("reference", reference), need("data", data)
+        summary = train_stage_job(cfg, rd, t, *paths, say)
         say(f"round {t}: trained {summary['steps']} steps → {summary['model_dir']}")
     else:
         raise ConfigError(f"iterate-stage: unknown stage {stage!r} (generate, score, train)")
