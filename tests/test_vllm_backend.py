@@ -386,10 +386,11 @@ def _launch_generate(model_dir, prompts_file, out, processes: int, tp: int, log)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
 
-def test_vllm_engines_under_two_processes_equal_one(fake_vllm, model_dir, tmp_path):
+@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_vllm_engines_under_two_processes_equal_one(fake_vllm, model_dir, tmp_path, tp):
     """2 launched processes: each rank builds its own external-launcher engine (cuda:LOCAL_RANK, its own shard of
     the prompts); with tensor_parallel_size 2 both ranks form one engine and send it every prompt. Both give the
-    rows of one in-process engine (per-row seeds), with exactly K per prompt."""
+    rows of one in-process engine (per-row seeds), with exactly K per prompt. Cost: one launch (~40 s at load 8)."""
     prompts_file = tmp_path / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
     from imitalign.generate.kshot import load_prompt_set
@@ -400,18 +401,17 @@ def test_vllm_engines_under_two_processes_equal_one(fake_vllm, model_dir, tmp_pa
                temperature=0.8)
     one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
     check_k(one, len(PROMPTS), K)
-    for tp in (1, 2):
-        log = tmp_path / f"engines_tp{tp}.jsonl"
-        _launch_generate(model_dir, prompts_file, tmp_path / f"two_tp{tp}.jsonl", 2, tp, log)
-        two = [json.loads(line) for line in (tmp_path / f"two_tp{tp}.jsonl").read_text().splitlines()]
-        assert [r["logp"] for r in one] == pytest.approx([r.pop("logp") for r in two], abs=1e-5)
-        assert [{k: v for k, v in r.items() if k != "logp"} for r in one] == two, tp
-        engines = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda e: e["rank"])
-        assert [e["rank"] for e in engines] == ["0", "1"]
-        assert [e["device"] for e in engines] == ["cuda:0", "cuda:1"]  # each rank's engine on its own GPU
-        for e in engines:
-            assert e["kwargs"]["distributed_executor_backend"] == "external_launcher"
-            assert e["kwargs"]["tensor_parallel_size"] == tp
-            assert e["kwargs"]["max_model_len"] == max(map(len, prompt_set.prompt_ids)) + MAX_NEW  # the same engine
-        # tp 1: the 5 prompts (K requests each at temperature > 0: one request of n = K) split 3 + 2; tp 2: all 5 twice
-        assert [e["n"] for e in engines] == ([3, 2] if tp == 1 else [5, 5])
+    log = tmp_path / f"engines_tp{tp}.jsonl"
+    _launch_generate(model_dir, prompts_file, tmp_path / f"two_tp{tp}.jsonl", 2, tp, log)
+    two = [json.loads(line) for line in (tmp_path / f"two_tp{tp}.jsonl").read_text().splitlines()]
+    assert [r["logp"] for r in one] == pytest.approx([r.pop("logp") for r in two], abs=1e-5)
+    assert [{k: v for k, v in r.items() if k != "logp"} for r in one] == two, tp
+    engines = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda e: e["rank"])
+    assert [e["rank"] for e in engines] == ["0", "1"]
+    assert [e["device"] for e in engines] == ["cuda:0", "cuda:1"]  # each rank's engine on its own GPU
+    for e in engines:
+        assert e["kwargs"]["distributed_executor_backend"] == "external_launcher"
+        assert e["kwargs"]["tensor_parallel_size"] == tp
+        assert e["kwargs"]["max_model_len"] == max(map(len, prompt_set.prompt_ids)) + MAX_NEW  # the same engine
+    # tp 1: the 5 prompts (K requests each at temperature > 0: one request of n = K) split 3 + 2; tp 2: all 5 twice
+    assert [e["n"] for e in engines] == ([3, 2] if tp == 1 else [5, 5])
