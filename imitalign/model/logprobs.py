@@ -57,29 +57,51 @@ def _head_logps(hidden: Tensor, head: nn.Module, targets: Tensor) -> tuple[Tenso
     return picked - values, values
 
 
+# Without a backward (reference pass, evaluation) the logits are computed in chunks of at most this many
+# elements (64 MB in fp32): nothing is kept for backward, so chunking costs nothing and bounds the pass's memory.
+_NOGRAD_ELEMS = 1 << 24
+
+
+def _lse_pick(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(z[t] − logsumexp z, logsumexp z)`` per row of fp32 logits ``z [m, V]``."""
+    lse = torch.logsumexp(z, dim=-1)
+    return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, lse
+
+
+def _softmax_grad_(z: Tensor, lse: Tensor, g_lp: Tensor, g_v: Tensor, targets: Tensor) -> Tensor:
+    """``∂z = softmax(z) · (g_v − g_lp) + onehot(t) · g_lp``, formed in place in ``z``."""
+    z.sub_(lse.unsqueeze(-1)).exp_().mul_((g_v - g_lp).unsqueeze(-1))
+    return z.scatter_add_(-1, targets.unsqueeze(-1), g_lp.unsqueeze(-1))
+
+
 class _FusedHeadLogps(torch.autograd.Function):
     """``(log π(t | h), logsumexp z)`` for ``z = h Wᵀ + b`` with a hand-written backward.
 
     Forward keeps only ``lse [M]`` per position (plus the fp32 logits when not chunking); backward forms
     ``∂z = softmax(z) · (g_v − g_lp) + onehot(t) · g_lp`` in place in one ``[chunk, V]`` buffer and turns it into
     ``∂h = ∂z W`` and ``∂W = ∂zᵀ h`` chunk by chunk. With ``chunk`` set, the logits are recomputed in backward
-    (one extra ``[chunk, H] × [H, V]`` matmul) and no ``[M, V]`` tensor is ever alive."""
+    (one extra ``[chunk, H] × [H, V]`` matmul) and no ``[M, V]`` tensor is ever alive. Without a backward to
+    serve (no input needs a gradient) the logits are computed in chunks of ``_NOGRAD_ELEMS`` whatever ``chunk``
+    says; every row's numbers are those of the unchunked computation."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk):  # type: ignore[override]
         m = hidden.shape[0]
-        step = chunk or max(m, 1)
+        keep = chunk is None and any(ctx.needs_input_grad[:3])
+        if not any(ctx.needs_input_grad[:3]):
+            chunk = min(chunk or m, max(1, _NOGRAD_ELEMS // max(weight.shape[0], 1)))
+        step = max(chunk or m, 1)
         lps, lses, kept = [], [], None
         for s in range(0, m, step):
             z = torch.nn.functional.linear(hidden[s : s + step], weight, bias).float()
-            lse = torch.logsumexp(z, dim=-1)
-            lps.append(z.gather(-1, targets[s : s + step].unsqueeze(-1)).squeeze(-1) - lse)
+            lp, lse = _lse_pick(z, targets[s : s + step])
+            lps.append(lp)
             lses.append(lse)
-            if chunk is None and any(ctx.needs_input_grad[:3]):
+            if keep:
                 kept = z  # reused (overwritten) by backward: no recompute without chunking
         lse = torch.cat(lses) if lses else hidden.new_zeros(0, dtype=torch.float32)
         lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
-        ctx.chunk = chunk
+        ctx.chunk = None if keep else chunk
         ctx.has_bias = bias is not None
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_zeros(0), targets, lse)
         ctx.kept = kept
@@ -93,22 +115,25 @@ class _FusedHeadLogps(torch.autograd.Function):
         g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.float()
         g_v = torch.zeros_like(lse) if g_v is None else g_v.float()
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        d_h = torch.empty_like(hidden) if need_h else None
-        d_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-        d_b = torch.zeros_like(bias, dtype=torch.float32) if need_b and bias is not None else None
         step = ctx.chunk or max(m, 1)
+        d_h = torch.empty_like(hidden) if need_h else None
+        d_w = d_b = None
         for s in range(0, m, step):
             e = min(s + step, m)
             z = ctx.kept if ctx.kept is not None else torch.nn.functional.linear(hidden[s:e], weight, bias).float()
-            dz = z.sub_(lse[s:e].unsqueeze(-1)).exp_().mul_((g_v[s:e] - g_lp[s:e]).unsqueeze(-1))
-            dz.scatter_add_(-1, targets[s:e].unsqueeze(-1), g_lp[s:e].unsqueeze(-1))
+            dz = _softmax_grad_(z, lse[s:e], g_lp[s:e], g_v[s:e], targets[s:e])
             if d_h is not None:
                 torch.mm(dz.to(weight.dtype), weight, out=d_h[s:e])
-            if d_w is not None:
-                d_w.addmm_(dz.t(), hidden[s:e].float())
-            if d_b is not None:
-                d_b += dz.sum(0)
+            if need_w:  # the first chunk writes, later ones accumulate (no zero-filled [V, H] buffer)
+                part = dz.t().mm(hidden[s:e].float())
+                d_w = part if d_w is None else d_w.add_(part)
+            if need_b and bias is not None:
+                d_b = dz.sum(0) if d_b is None else d_b.add_(dz.sum(0))
         ctx.kept = None
+        if need_w and d_w is None:
+            d_w = torch.zeros_like(weight, dtype=torch.float32)
+        if need_b and bias is not None and d_b is None:
+            d_b = torch.zeros_like(bias, dtype=torch.float32)
         return (
             d_h,
             None if d_w is None else d_w.to(weight.dtype),
