@@ -90,6 +90,7 @@ HP = {"beta": 0.1, "batch_size": 8, "lr": 1e-5, "threads": 2, "max_grad_norm": 1
 VARIANTS = ["trl_ref", "trl_pre", "plain", "imitalign_dpo", "imitalign_bf16", "imitalign_dil"]
 DEFAULT_VARIANTS = ["trl_ref", "trl_pre", "plain", "imitalign_dpo", "imitalign_bf16"]
 TRL_VARIANTS = ("trl_ref", "trl_pre")
+SLOW_VARIANTS = (*TRL_VARIANTS, "imitalign_bf16")  # run --slow-repeats times (bf16 is emulated without avx512_bf16)
 
 
 # ---------------------------------------------------------------- data, tokenizer, model
@@ -505,25 +506,18 @@ def real_tokens(folder: Path) -> int:
     return sum(2 * len(it.prompt_ids) + len(it.chosen_ids) + len(it.rejected_ids) for it in items)
 
 
-def _peak_in_subprocess() -> float:
-    """The matmul peak probed in a fresh process (so that the probe's buffers stay out of a variant's RSS)."""
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_dpo as b; print(b.matmul_peak(2))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
 
 def run_interleaved(
-    folder: Path, work: Path, variants: list[str], repeats: int, trl_repeats: int, setting: str, tokens: int
+    folder: Path, work: Path, variants: list[str], repeats: int, slow_repeats: int, setting: str, tokens: int
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every variant ``repeats`` times (TRL's ``trl_repeats`` times), each run in a fresh subprocess, interleaved
-    (round r runs the variants in order, round r+1 in reverse), so that the ratios within one invocation see
-    the same machine; the 1-minute load average is read before and after each run."""
+    """Every variant ``repeats`` times (``SLOW_VARIANTS`` ``slow_repeats`` times), each run in a fresh
+    subprocess, interleaved (round r runs the variants in order, round r+1 in reverse), so that the ratios within
+    one invocation see the same machine; the 1-minute load average is read before and after each run."""
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     for rep in range(repeats):
-        names = [v for v in variants if rep < (trl_repeats if v in TRL_VARIANTS else repeats)]
+        names = [v for v in variants if rep < (slow_repeats if v in SLOW_VARIANTS else repeats)]
         for name in names if rep % 2 == 0 else names[::-1]:
             load0 = os.getloadavg()[0]
-            peak_before = _peak_in_subprocess()
             cmd = [sys.executable, __file__, "--run-variant", name, "--folder", str(folder), "--work", str(work)]
             env = dict(os.environ, OMP_NUM_THREADS=str(HP["threads"]), TOKENIZERS_PARALLELISM="false")
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -533,13 +527,11 @@ def run_interleaved(
                 print(f"[{setting}] {name}: FAILED\n{proc.stderr[-3000:]}", flush=True)
             else:
                 r = json.loads(line[len("RESULT ") :])
-                r["peak_gflops"] = (peak_before, _peak_in_subprocess())  # the machine as this run found it
                 r["load"] = (load0, os.getloadavg()[0])
                 print(
                     f"[{setting}] {name}: epoch {r['epoch_s']:.1f}s (ref {r['ref_s']:.1f}s) "
                     f"{tokens / r['epoch_s']:.0f} tok/s, peak RSS {r['rss_gb']:.2f} GB "
-                    f"({bench_tables.above_floor(r):.2f} above floor), load {r['load'][0]:.1f}→{r['load'][1]:.1f}, "
-                    f"matmul peak {r['peak_gflops'][0]:.0f}/{r['peak_gflops'][1]:.0f} GFLOP/s",
+                    f"({bench_tables.above_floor(r):.2f} above floor), load {r['load'][0]:.1f}→{r['load'][1]:.1f}",
                     flush=True,
                 )
             runs[name].append(r)
@@ -552,7 +544,8 @@ def main() -> None:
     ap.add_argument("--settings", nargs="*", default=["variable", "fixed"], choices=list(SETTINGS))
     ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=VARIANTS)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each imitalign/plain variant, interleaved")
-    ap.add_argument("--trl-repeats", type=int, default=1, help="runs of each TRL variant (slow)")
+    ap.add_argument("--slow-repeats", type=int, default=1, help="runs of each TRL and bf16 variant (slow)")
+    ap.add_argument("--no-efficiency", action="store_true", help="skip the step-vs-matmul-peak measurement")
     ap.add_argument(
         "--pairs", nargs="*", default=[], metavar="SETTING=N", help="override pairs per setting, e.g. fixed=400"
     )
@@ -591,14 +584,15 @@ def main() -> None:
         )
         if args.check_only:
             sys.exit(0 if check["ok"] else 1)
-    eff_folder = build_setting(work, "variable", QUICK_PAIRS["variable"] if args.quick else 64)
-    eff = step_efficiency(eff_folder, steps=3 if args.quick else 8)
-    report["step_efficiency"] = eff
-    print(
-        f"imitalign training step (variable lengths, packed, DPO + AdamW), alternated with matmul-peak probes: "
-        f"median {eff['median_gflops']:.0f} GFLOP/s = {100 * eff['median_fraction_of_peak']:.0f} % of the peak",
-        flush=True,
-    )
+    if not args.no_efficiency:
+        eff_folder = build_setting(work, "variable", QUICK_PAIRS["variable"] if args.quick else 64)
+        eff = step_efficiency(eff_folder, steps=3 if args.quick else 8)
+        report["step_efficiency"] = eff
+        print(
+            f"imitalign training step (variable lengths, packed, DPO + AdamW), alternated with matmul-peak probes: "
+            f"median {eff['median_gflops']:.0f} GFLOP/s = {100 * eff['median_fraction_of_peak']:.0f} % of the peak",
+            flush=True,
+        )
     if args.efficiency_only:
         return
     peak = matmul_peak(HP["threads"])
@@ -610,7 +604,7 @@ def main() -> None:
         folder = build_setting(work, setting, pairs)
         tokens = real_tokens(folder)
         runs = run_interleaved(folder, work / f"runs-{setting}-{pairs}", args.variants, args.repeats,
-                               args.trl_repeats, setting, tokens)
+                               args.slow_repeats, setting, tokens)
         report["settings"][setting] = {"pairs": pairs, "tokens": tokens, "runs": runs}
         print(bench_tables.fmt_table(setting, runs, tokens), flush=True)
     report["matmul_peak_gflops_end"] = matmul_peak(HP["threads"])
