@@ -121,6 +121,10 @@ class TrainConfig(_Strict):
     # the kept logits exceed 256 MB and recomputing them costs < 5 % of the step (imitalign.model.logprobs)
     chunk_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
     num_threads: int | None = None
+    # FSDP2 (torch's fully_shard, through accelerate's plugin): each decoder layer, then the whole engine;
+    # the same as launching with configs/accelerate/fsdp2.yaml. On CPU process groups (gloo), where accelerate
+    # ignores its FSDP plugin, imitalign engages it itself (imitalign.train.sharding)
+    fsdp: bool = False
 
 
 class RunConfig(_Strict):

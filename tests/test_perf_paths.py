@@ -135,3 +135,5 @@ def test_fused_adamw_is_chosen_on_cpu_and_updates_like_adamw():
     for a, b in zip(*weights, strict=True):
         assert torch.allclose(a, b, atol=1e-6, rtol=0)
     assert not optim.fusable([torch.zeros(2, dtype=torch.long)])
+    assert optim.adamw([{"params": [torch.nn.Parameter(start[1].clone())]}], 1e-2, (0.9, 0.999),
+                       sharded=True).defaults["fused"] is None  # FSDP2 / DeepSpeed: the default AdamW
