@@ -1,8 +1,8 @@
 """Paired vs unpaired feedback on the gym, at the same data.
 
-    python benchmarks/unpaired_gym.py [--seeds 3] [--fast] [--root runs/quickstart] [--only NAME ...]
-    python benchmarks/unpaired_gym.py --seed 1        # one seed (seeds can run as parallel processes)
-    python benchmarks/unpaired_gym.py --report        # the table from the seeds already run
+    python -m imitalign.experiments.unpaired_gym [--seeds 3] [--fast] [--root runs/quickstart] [--only NAME ...]
+    python -m imitalign.experiments.unpaired_gym --seed 1        # one seed (seeds can run as parallel processes)
+    python -m imitalign.experiments.unpaired_gym --report        # the table from the seeds already run
 
 The quickstart's preference pairs (two SFT samples per prompt, labelled by Bradley–Terry on the gold reward r*)
 are used twice: as pairs by DPO and paired DIL, and broken into unpaired halves — the chosen response of each
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from imitalign.eval.report import aggregate, markdown_table
+from imitalign.experiments.quickstart import Method, evaluate_run
+from imitalign.gym.base import FAST, FULL, Plan, gym_run_config, load_model, prepare_base
 from imitalign.gym.build import read_jsonl
-from imitalign.gym.quickstart import FAST, FULL, Method, Plan, _load, evaluate_run, gym_run_config, prepare_base
 from imitalign.loops.stages import train_or_reuse
 
 METHODS: tuple[Method, ...] = (
@@ -45,7 +46,7 @@ def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> 
     base = prepare_base(root, plan, seed)
     eval_prompts = [r["prompt"] for r in read_jsonl(base.files.eval_prompts)]
     eval_pairs = read_jsonl(base.eval_pairs)
-    sft_model, _ = _load(base.sft_dir)
+    sft_model, _ = load_model(base.sft_dir)
     rows = [evaluate_run("SFT", base.sft_dir, sft_model, eval_prompts, eval_pairs, plan, seed, None)]
     baseline = rows[0]["per_sample"]["score"]
     for m in methods:
