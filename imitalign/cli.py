@@ -26,6 +26,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect data as the trainer w
 app.add_typer(data_app, name="data")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: --set train.lr=1e-6")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="replace a run of a different configuration in the output folder (deletes it)"),
+]
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -65,14 +69,17 @@ def train(
     config: Annotated[str, typer.Argument(help="YAML config of the run")],
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a policy with any objective (DPO, DIL, IPO, SimPO, MLE, IQLearn, ...)."""
     from imitalign.config import load_config
+    from imitalign.runs import owned, train_fingerprint
     from imitalign.train.loop import train as run_train
 
     setup_logging()
     cfg = load_config(config, set_ or [])
-    result = run_train(cfg, resume=resume)
+    with owned(cfg.run.output_dir, "train", train_fingerprint(cfg), overwrite=overwrite):
+        result = run_train(cfg, resume=resume)
     typer.echo(f"done in {result.seconds:.1f}s, {result.steps} steps; model saved to {result.model_dir}")
     if result.eval_metrics:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.eval_metrics.items()))
@@ -118,9 +125,11 @@ def quickstart(
 ) -> None:
     """Build the gym, train SFT, DPO, IPO, DIL-LSIF/UKL/BCE, MLE and IQLearn, evaluate, report."""
     from imitalign.gym.quickstart import run_quickstart
+    from imitalign.runs import owned
 
     setup_logging()
-    run_quickstart(out, fast=fast, seeds=seeds)
+    with owned(out, "quickstart"):
+        run_quickstart(out, fast=fast, seeds=seeds)
 
 
 def _register_command_groups() -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +87,8 @@ from imitalign.loops.pairs import (
 )
 from imitalign.loops.rejection import accept
 from imitalign.loops.scoring import check_samples, read_rows, write_rows
-from imitalign.loops.stages import model_fingerprint, read_json, todo, train_or_reuse, write_json
+from imitalign.loops.stages import model_fingerprint, read_json, seal_stage, stage_todo, train_or_reuse, write_json
+from imitalign.manifest import MODEL_MANIFEST
 from imitalign.processes import is_main, on_main, process_count
 from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
 
@@ -601,6 +602,148 @@ def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_s
     return prompt_set
 
 
+def _model_inputs(model: str, pi0: str) -> list[Path]:
+    """A trained model as a stage input: its folder's manifest (π_0, given by the user, is not recorded)."""
+    return [] if model == pi0 else [Path(model) / MODEL_MANIFEST]
+
+
+@dataclass
+class _Loop:
+    """The rounds of :func:`run_iterate`: each stage runs unless its manifest says it is finished
+    (:func:`~imitalign.loops.stages.stage_todo`), and is sealed once its files are written."""
+
+    cfg: IterateConfig
+    pf: Preflight
+    root: Path
+    pi0: str
+    pi0_fp: str | None
+    pi0_model: Any
+    say: Callable[[str], None]
+    quiet: bool
+    done: Callable[[int, str], None]
+    baseline: list[float] | None = None
+    prompt_set: Any = None
+
+    def stage(
+        self, rd: Path, t: int, name: str, work: Callable[[], Any], outputs: list[Path], inputs: Sequence[Path] = (),
+        *, everyone: bool = False, optional: Sequence[Path] = (),
+    ) -> bool:
+        """Run ``work`` (on the main process, or on ``everyone``) unless stage ``name`` of ``rd`` is finished
+        with these ``inputs``; then seal it (``outputs`` and those of ``optional`` that exist)."""
+        if not stage_todo(rd, name, inputs, self.say):
+            return False
+        if everyone:
+            work()
+        else:
+            on_main(work)
+        seal_stage(rd, name, outputs, inputs, optional=optional)
+        self.done(t, name)
+        return True
+
+    def round(self, t: int, model: str) -> str:
+        """Round ``t`` from π_{t−1} = ``model``; returns π_t's folder."""
+        cfg, pf, say = self.cfg, self.pf, self.say
+        rd = self.root / f"round_{t}"
+        on_main(lambda: rd.mkdir(parents=True, exist_ok=True))
+        selected = [rd / "train_data.jsonl", rd / "selection.json"]
+        if cfg.offline is not None:  # the offline baseline
+            self.stage(rd, t, "pairs", lambda: _offline_stage(cfg, rd), selected)
+        else:
+            self._sample_and_score(rd, t, model)
+            self.stage(rd, t, "pairs", lambda: _select(cfg, rd, t, say), selected, [rd / "scored.jsonl"],
+                       optional=[rd / "accepted.jsonl", rd / "policy_samples.jsonl"])
+        model = self._train(rd, t, model)
+        if cfg.eval is not None:
+            self.stage(rd, t, "eval", lambda: _eval_stage(cfg, pf, model, self.pi0_model, self.baseline, rd),
+                       [rd / "eval.json"], _model_inputs(model, self.pi0))
+            say(f"round {t}: eval reward {format_mean_se(read_json(rd / 'eval.json')['gold_reward'], 4)}")
+        return model
+
+    def _sample_and_score(self, rd: Path, t: int, model: str) -> None:
+        cfg, pf = self.cfg, self.pf
+
+        def prompts() -> None:
+            self.prompt_set = _prompts_stage(cfg, pf, rd, t, self.prompt_set)
+
+        self.stage(rd, t, "prompts", prompts, [rd / "prompts.jsonl"])
+        self.stage(rd, t, "samples", lambda: _samples(cfg, rd, t, model, self.pi0, self.say),
+                   [rd / "samples.jsonl", rd / "generation.json"],
+                   [rd / "prompts.jsonl", *_model_inputs(model, self.pi0)], everyone=True)
+        self.stage(rd, t, "scored", lambda: _score_stage(cfg, pf, rd), [rd / "scored.jsonl", rd / "scoring.json"],
+                   [rd / "samples.jsonl"])
+
+    def _train(self, rd: Path, t: int, model: str) -> str:
+        cfg = self.cfg
+        own = cfg.pairs.mode == OWN_SAMPLES
+        names = ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",)
+        if cfg.start == "retrain_union":  # π_0 on the union of every round's data so far
+            data_path, init = rd / "union_train_data.jsonl", self.pi0
+            sources = [self.root / f"round_{s}" / n for s in range(1, t + 1) for n in names]
+        else:
+            data_path, init = rd / "train_data.jsonl", model
+            sources = [rd / n for n in names]
+        ref = self.pi0 if cfg.reference == "initial" else model
+        tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
+        inputs = [*sources, *_model_inputs(init, self.pi0), *_model_inputs(ref, self.pi0)]
+        holder: dict[str, Any] = {}
+
+        def work() -> None:
+            if cfg.start == "retrain_union":
+                on_main(lambda: _write_union(self.root, rd, t, names))
+            t0 = time.perf_counter()
+            holder["summary"] = train_or_reuse(tcfg, say=self.say, quiet=self.quiet or not is_main())
+            seconds = time.perf_counter() - t0
+            on_main(lambda: _write_training(rd, init, ref, holder["summary"], seconds, self.pi0_fp))
+
+        model_dir = rd / "train" / "model"
+        if not self.stage(rd, t, "train", work, [rd / "training.json", model_dir], inputs, everyone=True):
+            holder["summary"] = train_or_reuse(tcfg, say=self.say, quiet=self.quiet)  # the finished run (verified)
+        return holder["summary"]["model_dir"]
+
+
+def _write_union(root: Path, rd: Path, t: int, names: Sequence[str]) -> None:
+    """``union_<name>``: the rows of every round's ``<name>`` so far (``start: retrain_union``)."""
+    for name in names:
+        rows = [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)]
+        write_rows(rd / f"union_{name}", rows)
+
+
+def _write_training(rd: Path, init: str, ref: str, summary: dict, seconds: float, pi0_fp: str | None) -> None:
+    write_json(
+        rd / "training.json",
+        {
+            "seconds": seconds,
+            "init": init,
+            "reference": ref,
+            "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
+            "pi0_fingerprint": pi0_fp,
+            "steps": summary["steps"],
+            "train": summary.get("train", {}),
+            "eval": summary.get("eval", {}),
+        },
+    )
+
+
+def _samples(cfg: IterateConfig, rd: Path, t: int, model: str, pi0: str, say: Callable[[str], None]) -> None:
+    """The samples stage: every process samples its shard; the main process writes ``generation.json``."""
+    info = _sample_stage(cfg, rd, t, model, pi0)
+
+    def generated() -> None:
+        write_json(rd / "generation.json", info["generation"])
+        say(
+            f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
+            f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
+        )
+
+    on_main(generated)
+
+
+def _select(cfg: IterateConfig, rd: Path, t: int, say: Callable[[str], None]) -> None:
+    _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
+    write_json(rd / "selection.json", info)
+    say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
+
+
 def run_iterate(
     cfg: IterateConfig,
     *,
@@ -643,103 +786,16 @@ def run_iterate(
     pi0 = cfg.policy
     pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
     pi0_model = _load_causal(pi0) if cfg.eval is not None and main else None
+    loop = _Loop(cfg, pf, root, pi0, pi0_fp, pi0_model, say, quiet, done)
 
     # round 0: π_0 itself
     r0 = root / "round_0"
-    baseline = None
     if cfg.eval is not None:
-        if todo(r0 / "eval.json"):
-            on_main(lambda: _eval_stage(cfg, pf, pi0, pi0_model, None, r0))
-            done(0, "eval")
-        baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
-
-    prompt_set = None
+        loop.stage(r0, 0, "eval", lambda: _eval_stage(cfg, pf, pi0, pi0_model, None, r0), [r0 / "eval.json"])
+        loop.baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
     model = pi0
     for t in range(1, cfg.rounds + 1):
-        rd = root / f"round_{t}"
-        on_main(lambda rd=rd: rd.mkdir(parents=True, exist_ok=True))
-        if cfg.offline is not None and todo(rd / "train_data.jsonl"):  # the offline baseline
-            on_main(lambda rd=rd: _offline_stage(cfg, rd))
-            done(t, "pairs")
-        if cfg.offline is None:
-            if todo(rd / "prompts.jsonl"):
-                prompt_set = on_main(lambda rd=rd, t=t, ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
-                done(t, "prompts")
-            if todo(rd / "samples.jsonl"):  # every process samples its shard of the prompts
-                info = _sample_stage(cfg, rd, t, model, pi0)
-
-                def generated(info: dict[str, Any] = info, rd: Path = rd, t: int = t) -> None:
-                    write_json(rd / "generation.json", info["generation"])
-                    say(
-                        f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
-                        f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
-                    )
-
-                on_main(generated)
-                done(t, "samples")
-            if todo(rd / "scored.jsonl"):
-                on_main(lambda rd=rd: _score_stage(cfg, pf, rd))
-                done(t, "scored")
-        # pairs / accepted
-        if todo(rd / "train_data.jsonl"):
-
-            def select(rd: Path = rd, t: int = t) -> None:
-                _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
-                write_json(rd / "selection.json", info)
-                say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
-
-            on_main(select)
-            done(t, "pairs")
-        # train
-        if cfg.start == "retrain_union":
-            data_path = rd / "union_train_data.jsonl"
-            own = cfg.pairs.mode == OWN_SAMPLES
-
-            def union(rd: Path = rd, t: int = t, own: bool = own) -> None:
-                for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
-                    path = rd / f"union_{name}"
-                    if not path.exists():
-                        rows = [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)]
-                        write_rows(path, rows)
-
-            on_main(union)
-            init = pi0
-        else:
-            data_path, init = rd / "train_data.jsonl", model
-        ref = pi0 if cfg.reference == "initial" else model
-        tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
-        if todo(rd / "training.json"):
-            t0 = time.perf_counter()
-            summary = train_or_reuse(tcfg, say=say, quiet=quiet or not main)
-            seconds = time.perf_counter() - t0
-
-            def trained(
-                rd: Path = rd, init: str = init, ref: str = ref, summary: dict = summary, sec: float = seconds
-            ) -> None:
-                record = {
-                    "seconds": sec,
-                    "init": init,
-                    "reference": ref,
-                    "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
-                    "pi0_fingerprint": pi0_fp,
-                    "steps": summary["steps"],
-                    "train": summary.get("train", {}),
-                    "eval": summary.get("eval", {}),
-                }
-                write_json(rd / "training.json", record)
-
-            on_main(trained)
-            done(t, "train")
-        else:
-            summary = train_or_reuse(tcfg, say=say, quiet=quiet)  # reuses the finished run (same config)
-        model = summary["model_dir"]
-        # eval
-        if cfg.eval is not None and todo(rd / "eval.json"):
-            on_main(lambda rd=rd, model=model: _eval_stage(cfg, pf, model, pi0_model, baseline, rd))
-            done(t, "eval")
-        if cfg.eval is not None:
-            g = read_json(rd / "eval.json")["gold_reward"]
-            say(f"round {t}: eval reward {format_mean_se(g, 4)}")
+        model = loop.round(t, model)
     rows = collect_rows(root, cfg.rounds)
     table = round_table(rows)
     on_main(lambda: write_iterate_report(root, cfg, rows, table))
