@@ -39,6 +39,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from imitalign.config import ConfigError
         from imitalign.data.records import DataError
+        from imitalign.failures import describe_os_error
         from imitalign.train.loop import TrainingError
 
         try:
@@ -47,6 +48,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("IMITALIGN_DEBUG"):
                 raise
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except Exception as e:  # no space, permission denied, read-only filesystem: one sentence; else re-raised
+            said = describe_os_error(e)
+            if said is None or os.environ.get("IMITALIGN_DEBUG"):
+                raise
+            typer.secho(f"error: {said}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -61,21 +61,22 @@ def write(path: str | Path, outputs: Iterable[str | Path], inputs: Iterable[str 
     return path
 
 
-def _differs(name: str, want: dict[str, Any], base: Path) -> str | None:
+def _differs(name: str, want: dict[str, Any], base: Path, sizes_only: bool = False) -> str | None:
     p = Path(name) if os.path.isabs(name) else base / name
     if not p.is_file():
         return f"{p} is missing"
     size = p.stat().st_size
     if size != want.get("bytes"):
         return f"{p} has {size} bytes, {want.get('bytes')} were written"
-    if digest(p)["sha256"] != want.get("sha256"):
+    if not sizes_only and digest(p)["sha256"] != want.get("sha256"):
         return f"{p} changed since it was written (its content hash differs)"
     return None
 
 
-def check(path: str | Path, inputs: Iterable[str | Path] | None = None) -> str | None:
+def check(path: str | Path, inputs: Iterable[str | Path] | None = None, sizes_only: bool = False) -> str | None:
     """None when the manifest ``path`` exists and every file it records is unchanged (and, given ``inputs``,
-    they are the inputs it records); else the reason, in words."""
+    they are the inputs it records); else the reason, in words. ``sizes_only``: compare sizes, not hashes (a
+    cheap check for truncation before a load)."""
     path = Path(path)
     if not path.is_file():
         return f"{path.name} (its manifest) is missing: the stage was not finished"
@@ -86,7 +87,7 @@ def check(path: str | Path, inputs: Iterable[str | Path] | None = None) -> str |
         return f"{path} is not a readable manifest"
     base = path.parent
     for name, want in {**outputs, **recorded_inputs}.items():
-        reason = _differs(name, want, base)
+        reason = _differs(name, want, base, sizes_only)
         if reason:
             return reason
     if inputs is not None:
@@ -106,10 +107,10 @@ def seal_model(model_dir: str | Path) -> Path:
     return write(folder / MODEL_MANIFEST, [folder])
 
 
-def check_model(model_dir: str | Path) -> str | None:
+def check_model(model_dir: str | Path, sizes_only: bool = False) -> str | None:
     """None when the model folder matches the manifest written when it was saved; else the reason (a truncated
     weights file, a file edited or removed, no manifest: the save did not finish)."""
     folder = Path(model_dir)
     if not folder.is_dir():
         return f"{folder} does not exist"
-    return check(folder / MODEL_MANIFEST)
+    return check(folder / MODEL_MANIFEST, sizes_only=sizes_only)

@@ -286,10 +286,10 @@ def generate_k(
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from imitalign.model.load import resolve_dtype
+        from imitalign.model.load import from_pretrained, resolve_dtype
 
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=resolve_dtype(dtype))
+        model = from_pretrained(AutoModelForCausalLM, str(model_path), dtype=resolve_dtype(dtype))
         model = model.to(state.device).eval()
         samples = sample_shard(
             model,

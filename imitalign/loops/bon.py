@@ -241,10 +241,10 @@ def draw(
 
     from imitalign.config import ModelConfig
     from imitalign.generate.sampler import sample, sample_rows
-    from imitalign.model.load import load_tokenizer
+    from imitalign.model.load import from_pretrained, load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name_or_path=model_path))
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    model = from_pretrained(AutoModelForCausalLM, model_path).eval()
     samples = sample(
         model,
         tok,

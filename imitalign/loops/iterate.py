@@ -339,7 +339,9 @@ def _load_causal(path: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
+    from imitalign.model.load import from_pretrained
+
+    return from_pretrained(AutoModelForCausalLM, path).to(device).eval()
 
 
 def _evaluate(
