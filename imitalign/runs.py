@@ -11,8 +11,10 @@
   whether it was taken.
 * **The record** ``<folder>/run.json`` says which command and which configuration (a fingerprint of what is
   trained, not of where it lives) wrote the folder, and whether that run finished. A command with a different
-  configuration on a folder with a record is refused (:class:`RunConflict`) unless ``overwrite`` is given,
-  which empties the folder first.
+  configuration on a folder holding a *finished* run is refused (:class:`RunConflict`) unless ``overwrite`` is
+  given, which empties the folder first. On an unfinished run (one that failed or was killed) the command's own
+  checks decide (``train`` refuses a folder with checkpoints of another configuration; ``iterate`` one whose
+  ``iterate_config.yaml`` differs); ``overwrite`` empties it too.
 """
 
 from __future__ import annotations
@@ -162,13 +164,17 @@ def empty_folder(folder: Path) -> None:
 
 
 def claim(folder: str | Path, command: str, fingerprint: str, overwrite: bool = False) -> None:
-    """Check that ``folder`` holds nothing, or a run of this command and configuration; a different one is a
-    :class:`RunConflict` unless ``overwrite`` (then the folder is emptied). Records this run as unfinished."""
+    """Check that ``folder`` holds nothing, a run of this command and configuration, or an unfinished one; a
+    finished run of another is a :class:`RunConflict` unless ``overwrite`` (which empties the folder, also of an
+    unfinished run). Records this run as unfinished."""
     folder = Path(folder)
     record = read_record(folder)
     if record is not None and (record.get("command"), record.get("fingerprint")) != (command, fingerprint):
         state = "a finished" if record.get("finished") else "an unfinished"
         what = f"imitalign {record.get('command')}, configuration {record.get('fingerprint')}"
+        if not overwrite and not record.get("finished"):  # (a run that failed or was killed: the command's own
+            write_record(folder, command, fingerprint, finished=False)  # resume checks decide what is kept)
+            return
         if not overwrite:
             raise RunConflict(
                 f"{folder} holds {state} run of a different configuration ({what}; this one is {fingerprint}): "
@@ -189,6 +195,8 @@ def owned(
     from imitalign.processes import from_main, is_main
 
     lock, error = None, None
+    folder = Path(folder)
+    existed, prior = folder.exists(), read_record(folder)
     if is_main():
         try:
             lock = acquire(folder, command)
@@ -202,10 +210,33 @@ def owned(
     error = from_main(error)
     if error is not None:
         raise {"RunBusy": RunBusy, "RunConflict": RunConflict}.get(error[0], ConfigError)(error[1])
+    remove = False
     try:
         yield
         if lock is not None and fingerprint is not None:
             write_record(folder, command, fingerprint, finished=True)
+    except BaseException:
+        if lock is not None:
+            remove = _undo_claim(folder, existed, prior)
+        raise
     finally:
         if lock is not None:
             lock.release()
+        if remove:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def _undo_claim(folder: Path, existed: bool, prior: dict | None) -> bool:
+    """After a failure before the command wrote anything (bad data, a missing model, ...): the folder as it was —
+    its earlier record restored, or (returns True) to be removed when this command created it — so a corrected
+    rerun starts clean. A run that wrote something keeps its (unfinished) record."""
+    if any(child.name not in (LOCK_FILE, RECORD_FILE) for child in folder.iterdir()):
+        return False
+    if prior is None:
+        (folder / RECORD_FILE).unlink(missing_ok=True)
+    else:
+        write_record(folder, str(prior.get("command")), str(prior.get("fingerprint")), bool(prior.get("finished")))
+    return not existed

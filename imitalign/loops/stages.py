@@ -25,6 +25,7 @@ import yaml
 from imitalign import manifest
 from imitalign.config import Config
 from imitalign.data.jsonl import read_jsonl, write_jsonl
+from imitalign.faults import fault
 from imitalign.processes import barrier, is_main, main_decides, on_main
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def seal_stage(
     those of ``optional`` that exist), its ``inputs``. Call it once every output is in place."""
 
     def seal() -> None:
+        fault(f"stage:{stage}:sealing")
         present = [p for p in optional if Path(p).exists()]
         manifest.write(stage_manifest(folder, stage), [*outputs, *present], inputs)
 
@@ -109,6 +111,7 @@ def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool =
     barrier()
     result = train(cfg, quiet=quiet)  # (returns on every process once the main one has written summary.json)
     if not (result.model_dir / manifest.MODEL_MANIFEST).exists():
+        fault("model:saved")
         on_main(lambda: manifest.seal_model(result.model_dir))
     return json.loads((result.run_dir / "summary.json").read_text())
 

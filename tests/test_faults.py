@@ -1,0 +1,292 @@
+"""Runs that cannot be corrupted: bad settings, two processes on one folder, kills inside checkpoint and stage
+writes, truncated and edited files, full disks. Each case asserts the exit code, the message, and that nothing
+on disk changed without the run saying so. (≈60 s on 2 idle cores; the kills run in subprocesses.)"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from imitalign.cli import app
+from imitalign.config import TrainConfig
+from imitalign.gym.tokenizer import save_tokenizer
+from imitalign.runs import LOCK_FILE, acquire, read_record
+from tests.helpers import REPO, TINY_LLAMA
+
+runner = CliRunner()
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` and its content hash (the lock file aside): what 'unchanged' means."""
+    if not folder.exists():
+        return {}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != LOCK_FILE
+    }
+
+
+def write_pairs(path: Path, n: int = 8) -> Path:
+    topics = ("forest", "city", "space", "music", "food", "sport", "art", "farm", "rain", "snow")
+    rows = [{"prompt": f"write about sea and {topics[i % 10]} , short =>", "chosen": "wave boat .", "rejected": "bus ."}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def train_yaml(tmp_path: Path, out: Path | None = None, **train: typing.Any) -> Path:
+    tok = tmp_path / "tok"
+    if not tok.exists():
+        save_tokenizer(tok)
+    raw = {
+        "run": {"output_dir": str(out or tmp_path / "run"), "seed": 1},
+        "model": {"config": dict(TINY_LLAMA), "tokenizer": str(tok)},
+        "reference": {"cache_dir": None},
+        "data": {"train": {"path": str(write_pairs(tmp_path / "pairs.jsonl"))}, "chat_template": "none",
+                 "max_length": 32},
+        "objective": {"name": "dpo"},
+        "train": {"batch_size": 4, "lr": 1e-3, "max_steps": 3, "log_every": 1, "warmup_ratio": 0.0, **train},
+    }
+    path = tmp_path / f"run_{len(list(tmp_path.glob('run_*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def cli(*args: str) -> typing.Any:
+    return runner.invoke(app, [str(a) for a in args])
+
+
+# ------------------------------------------------------------------------------------------ bad settings
+def _bad_values(field: typing.Any) -> list[typing.Any]:
+    """Values just outside each bound of a numeric field (from its pydantic metadata), and nan/inf for floats."""
+    out: list[typing.Any] = []
+    is_float = float in typing.get_args(field.annotation) or field.annotation is float
+    step = 0.5 if is_float else 1
+    for m in field.metadata:
+        for attr, sign, strict in (("gt", -1, False), ("ge", -1, True), ("lt", 1, False), ("le", 1, True)):
+            bound = getattr(m, attr, None)
+            if bound is not None:
+                out.append(bound + sign * step if strict else bound)
+    if is_float:
+        out += ["nan", "inf"]
+    return out
+
+
+NUMERIC = {
+    name: f for name, f in TrainConfig.model_fields.items()
+    if {int, float} & ({f.annotation} | set(typing.get_args(f.annotation)))
+    and typing.get_origin(f.annotation) is not tuple
+}  # (adam_betas, a pair, has its own case below)
+
+
+def test_every_numeric_train_field_has_a_range():
+    unchecked = [n for n, f in NUMERIC.items() if not [v for v in _bad_values(f) if v not in ("nan", "inf")]]
+    assert unchecked == []
+
+
+def test_bad_settings_exit_2_naming_the_field_before_anything_is_written(tmp_path):
+    """Every numeric field of ``train`` with each value outside its range, and objective options outside their
+    rules: exit 2, the field named, the output folder (here holding a finished run's files) unchanged."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text('{"steps": 3}')
+    before = tree(out)
+    cases = [(f"train.{name}", v) for name, f in NUMERIC.items() for v in _bad_values(f)]
+    cases += [("train.adam_betas", "[0.9,1.0]"), ("objective.options.beta", -1), ("objective.options.beta", 0),
+              ("objective.options.label_smoothing", 0.5), ("data.eval_fraction", 1), ("data.max_length", 0),
+              ("model.lora.r", 0)]
+    assert len(cases) > 30
+    path = train_yaml(tmp_path)
+    for key, value in cases:
+        result = cli("train", path, "--set", f"{key}={value}")
+        assert result.exit_code == 2, (key, value, result.output)
+        assert key.split(".")[-1] in result.output, (key, value, result.output)
+    assert tree(out) == before
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_bad_train_section_of_iterate_fails_before_any_work(tmp_path):
+    raw = {"run": {"output_dir": str(tmp_path / "it")}, "policy": str(tmp_path / "nowhere"),
+           "prompts": {"source": {"path": "p.jsonl"}, "per_round": 2}, "reward": {"kind": "gold"},
+           "train": {"objective": {"name": "dpo", "options": {"beta": -0.1}}, "train": {"max_grad_norm": -1}}}
+    path = tmp_path / "it.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = cli("iterate", path)
+    assert result.exit_code == 2 and "max_grad_norm" in result.output and "beta" in result.output, result.output
+    assert not (tmp_path / "it").exists()
+    raw["train"] = {"train": {"batch_size": 0, "log_every": 0}}
+    path.write_text(yaml.safe_dump(raw))
+    result = cli("iterate", path)
+    assert result.exit_code == 2 and "batch_size" in result.output and "log_every" in result.output
+    assert not (tmp_path / "it").exists()
+
+
+# ------------------------------------------------------------------------------------------ one owner
+def _hold(folder: Path) -> subprocess.Popen:
+    """Another process holding ``folder``'s lock until it is killed."""
+    code = f"from imitalign.runs import acquire; acquire({str(folder)!r}, 'train'); print('held', flush=True); " \
+           "import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_second_process_on_a_run_folder_gets_one_message_and_exit_2(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold(out)
+    try:
+        before = tree(out)
+        result = cli("train", train_yaml(tmp_path, out))
+        assert result.exit_code == 2
+        assert f"{out} is in use by pid {holder.pid}" in result.output and "imitalign train" in result.output
+        assert tree(out) == before  # nothing written by the refused process
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the holder died with its lock file still there: a stale file never blocks
+    assert (out / LOCK_FILE).exists() and str(holder.pid) in (out / LOCK_FILE).read_text()
+    lock = acquire(out, "test")
+    lock.release()
+    assert not (out / LOCK_FILE).exists()
+
+
+def test_a_finished_run_is_not_replaced_by_another_configuration_without_overwrite(tmp_path):
+    out = tmp_path / "run"
+    first = cli("train", train_yaml(tmp_path, out))
+    assert first.exit_code == 0, first.output
+    assert read_record(out)["finished"] is True
+    before, fingerprint = tree(out), read_record(out)["fingerprint"]
+    other = train_yaml(tmp_path, out, lr=2e-3)
+    refused = cli("train", other)
+    assert refused.exit_code == 2
+    assert "holds a finished run of a different configuration" in refused.output and "--overwrite" in refused.output
+    assert tree(out) == before
+    replaced = cli("train", other, "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert "--overwrite: removing a finished run" in replaced.output
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # the new run's records only
+    assert read_record(out)["fingerprint"] != fingerprint and read_record(out)["finished"] is True
+
+
+# ------------------------------------------------------------------------------------------ one sentence
+def test_a_byte_that_is_not_utf8_is_reported_with_file_line_and_column(tmp_path):
+    path = train_yaml(tmp_path)
+    data = tmp_path / "pairs.jsonl"
+    lines = data.read_bytes().splitlines(keepends=True)
+    lines[4] = lines[4].replace(b"sea and", b"sea \xff and")
+    data.write_bytes(b"".join(lines))
+    result = cli("train", path)
+    assert result.exit_code == 2
+    assert f"{data}:5:29: byte 0xff is not UTF-8 (line 5, column 29)" in result.output, result.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_local_model_path_that_does_not_exist_is_not_looked_up_on_the_hub(tmp_path):
+    path = train_yaml(tmp_path)
+    t0 = time.perf_counter()
+    for name in (str(tmp_path / "no" / "model"), "./no_such_model_dir", "../no/such"):
+        result = cli("train", path, "--set", "model.config=null", "--set", f"model.name_or_path={name}")
+        assert result.exit_code == 2
+        assert f"path {name} does not exist" in result.output and "not looked up on the hub" in result.output
+    assert time.perf_counter() - t0 < 10  # (a hub lookup retries for about a minute)
+
+
+def test_no_space_and_permission_denied_are_one_sentence(tmp_path, monkeypatch):
+    import imitalign.train.loop as loop
+
+    path = train_yaml(tmp_path)
+    for err, said in ((OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "data_report.json")),
+                       "no space left on the device while writing"),
+                      (PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "run" / "config.yaml")),
+                       "permission denied: ")):
+
+        def fail(*a: typing.Any, err: OSError = err, **k: typing.Any) -> None:
+            raise err
+
+        monkeypatch.setattr(loop, "dump_config", fail)
+        result = cli("train", path, "--overwrite")
+        assert result.exit_code == 2, result.output
+        assert said in result.output and err.filename in result.output
+        assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_ensure_space_names_folder_and_sizes(tmp_path, monkeypatch):
+    import shutil
+
+    from imitalign.failures import NoSpace, ensure_space
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 * 2**30, 10 * 2**30, 2**20))
+    with pytest.raises(NoSpace, match=rf"no space left for a checkpoint in {tmp_path}: it needs about 20.0 MB, "
+                                      r"1.0 MB are free"):
+        ensure_space(tmp_path, 20 * 2**20, "a checkpoint")
+
+
+# ------------------------------------------------------------------------------------------ caches
+def test_an_edited_reference_cache_is_detected_and_rebuilt(tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from imitalign.train.refcache import RefLogpsCache
+
+    cache = RefLogpsCache(tmp_path)
+    logps = torch.tensor([[-1.0, -2.0], [-3.0, -4.0]])
+    path = cache.save("k", logps, {"n": 2})
+    assert torch.equal(cache.load("k", 2), logps)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    edited = load_file(str(path))["logps"].clone()
+    edited[0, 0] = -0.5  # a valid file, a changed value
+    save_file({"logps": edited}, str(path), metadata=meta)
+    assert cache.load("k", 2) is None
+
+
+def test_an_edited_cached_sample_file_is_rebuilt(tmp_path, caplog):
+    from imitalign.loops.stages import read_cached_rows, write_cached_rows
+
+    path = tmp_path / "samples.jsonl"
+    write_cached_rows(path, [{"response": "a", "score": 1.0}, {"response": "b", "score": 0.0}], "fp")
+    assert read_cached_rows(path, "fp") == [{"response": "a", "score": 1.0}, {"response": "b", "score": 0.0}]
+    path.write_text(path.read_text().replace('"score": 0.0', '"score": 9.0'))
+    assert read_cached_rows(path, "fp") is None
+    assert "changed since it was written" in caplog.text
+
+
+def test_truncate_metrics_keeps_each_step_once(tmp_path):
+    from imitalign.train.integrity import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": s}) + "\n" for s in (1, 2, 3, 4)) + '{"step": 5, "lo')
+    assert truncate_metrics(path, 2) == 3
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    assert truncate_metrics(path, 0) == 2 and path.read_text() == ""
+
+
+def test_grad_norm_is_computed_without_clipping():
+    import torch
+    from accelerate import Accelerator
+
+    from imitalign.train.integrity import step_grad_norm
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.tensor([3.0, 4.0])
+    assert float(step_grad_norm(Accelerator(cpu=True), [p], None)) == 5.0 and p.grad.tolist() == [3.0, 4.0]
+    p.grad = torch.tensor([float("nan"), 0.0])
+    assert math.isnan(float(step_grad_norm(Accelerator(cpu=True), [p], None)))
