@@ -290,3 +290,119 @@ def test_grad_norm_is_computed_without_clipping():
     assert float(step_grad_norm(Accelerator(cpu=True), [p], None)) == 5.0 and p.grad.tolist() == [3.0, 4.0]
     p.grad = torch.tensor([float("nan"), 0.0])
     assert math.isnan(float(step_grad_norm(Accelerator(cpu=True), [p], None)))
+
+
+# ------------------------------------------------------------------------------------------ iterate stages
+def brevity(rows: list[dict]) -> list[float]:
+    """A reward for the tiny loop: shorter responses score higher."""
+    return [-float(len(r["response"])) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def tiny_loop(tmp_path_factory):
+    """A random tiny Llama as π_0 (with the gym tokenizer), 8 prompts, and an iterate config of one round (4
+    prompts × K = 2, one DPO step): ≈3 s a run."""
+    from imitalign.gym.tokenizer import load_tokenizer
+    from imitalign.model.load import save_model
+    from tests.helpers import tiny_llama
+
+    root = tmp_path_factory.mktemp("tiny_loop")
+    tok = load_tokenizer(save_tokenizer(root / "tok"))
+    save_model(tiny_llama(vocab_size=len(tok)), tok, root / "pi0")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"write about sea and {t} =>"}) + "\n"
+                               for t in ("forest", "city", "space", "music", "food", "sport", "art", "farm")))
+    return {"root": root, "pi0": str(root / "pi0"), "prompts": str(prompts)}
+
+
+def loop_yaml(tiny_loop: dict, out: Path) -> Path:
+    raw = {
+        "run": {"output_dir": str(out), "seed": 0},
+        "policy": tiny_loop["pi0"],
+        "rounds": 1,
+        "prompts": {"source": {"path": tiny_loop["prompts"]}, "per_round": 4},
+        "generate": {"k": 2, "max_new_tokens": 4, "batch_size": 8},
+        "reward": {"kind": "function", "function": "tests.test_faults:brevity"},
+        "train": {"objective": {"name": "dpo"}, "data": {"chat_template": "none", "max_length": 48},
+                  "train": {"batch_size": 2, "max_steps": 1, "lr": 1e-3, "warmup_ratio": 0.0},
+                  "reference": {"cache_dir": None}},
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_a_kill_between_a_stage_files_and_its_manifest_redoes_the_stage(tiny_loop, tmp_path):
+    out = tmp_path / "loop"
+    path = loop_yaml(tiny_loop, out)
+    killed = subprocess.run([sys.executable, "-m", "imitalign.cli", "iterate", str(path)], env={
+        **ENV, "IMITALIGN_FAULT": "stage:scored:sealing"}, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == 137, killed.stderr[-2000:]
+    rd = out / "round_1"
+    assert (rd / "scored.jsonl").exists() and (rd / "scoring.json").exists()  # data and statistics, unsealed
+    assert not (rd / "manifest_scored.json").exists() and (rd / "manifest_samples.json").exists()
+    scored = (rd / "scored.jsonl").read_bytes()
+    rerun = cli("iterate", path)
+    assert rerun.exit_code == 0, rerun.output
+    assert "round_1 scored: manifest_scored.json (its manifest) is missing: the stage was not finished; " \
+           "redoing the stage" in rerun.output
+    assert "round_1 samples" not in rerun.output  # the sealed stage before it is reused, silently
+    assert (rd / "scored.jsonl").read_bytes() == scored and (rd / "manifest_scored.json").exists()
+    assert read_record(out)["finished"] is True
+
+
+def test_edited_samples_and_a_truncated_round_model_are_detected_and_redone(tiny_loop, tmp_path):
+    from safetensors.torch import load_file
+
+    from imitalign.loops.iterate import parse_iterate_config, run_iterate
+
+    out = tmp_path / "loop"
+    cfg = parse_iterate_config(yaml.safe_load(loop_yaml(tiny_loop, out).read_text()))
+    run_iterate(cfg, say=lambda m: None)
+    rd = out / "round_1"
+    weights = rd / "train" / "model" / "model.safetensors"
+    kept = {k: v.clone() for k, v in load_file(str(weights)).items()}  # copies: the file is mmapped, then cut
+    original = {"samples": (rd / "samples.jsonl").read_bytes(), "weights": kept}
+    before = tree(out)
+    # an edited sample: the stage is redone (the same seeds give the same samples), nothing after it changes
+    edited = original["samples"].replace(b'"sample_idx": 0', b'"sample_idx": 7', 1)  # same size, other content
+    assert len(edited) == len(original["samples"]) and edited != original["samples"]
+    (rd / "samples.jsonl").write_bytes(edited)
+    said: list[str] = []
+    again = run_iterate(cfg, say=said.append)
+    assert again.ran == [(1, "samples")]
+    assert any("samples.jsonl changed since it was written" in m and "redoing the stage" in m for m in said), said
+    after = tree(out)
+    changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    # only the redone stage's statistics (timings) and manifest, and the report's timing columns
+    assert changed <= {"round_1/generation.json", "round_1/manifest_samples.json", "report.md", "results.json"}
+    assert (rd / "samples.jsonl").read_bytes() == original["samples"]
+    # a truncated round model: detected (not reused, no SafetensorError), trained again to the same weights
+    weights.write_bytes(weights.read_bytes()[:-100])
+    said.clear()
+    again = run_iterate(cfg, say=said.append)
+    assert (1, "train") in again.ran
+    assert any("model.safetensors has" in m and "were written" in m for m in said), said
+    retrained = load_file(str(weights))
+    assert all(retrained[k].equal(v) for k, v in original["weights"].items())
+
+
+def test_a_truncated_model_folder_is_a_clear_error_not_a_safetensor_error(tiny_loop, tmp_path):
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    from imitalign.config import ConfigError
+    from imitalign.manifest import seal_model
+    from imitalign.model.load import from_pretrained
+
+    for sealed in (True, False):
+        copy = tmp_path / f"pi0_{sealed}"
+        shutil.copytree(tiny_loop["pi0"], copy)
+        if sealed:
+            seal_model(copy)
+        weights = copy / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        match = "is not the model that was saved" if sealed else "a weights file cannot be read"
+        with pytest.raises(ConfigError, match=match):
+            from_pretrained(AutoModelForCausalLM, str(copy))

@@ -632,7 +632,7 @@ class _Loop:
     ) -> bool:
         """Run ``work`` (on the main process, or on ``everyone``) unless stage ``name`` of ``rd`` is finished
         with these ``inputs``; then seal it (``outputs`` and those of ``optional`` that exist)."""
-        if not stage_todo(rd, name, inputs, self.say):
+        if not stage_todo(rd, name, inputs, self.say, outputs):
             return False
         if everyone:
             work()

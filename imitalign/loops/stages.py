@@ -50,15 +50,17 @@ def stage_todo(
     stage: str,
     inputs: Sequence[str | Path] | None = None,
     say: Callable[[str], None] = _say,
+    outputs: Sequence[str | Path] = (),
 ) -> bool:
     """Whether stage ``stage`` of ``folder`` still has to run: its manifest is missing, or a file it records
     (outputs and ``inputs``) is not what was written, or its inputs are now other files. A stage that had been
-    written and no longer matches is reported through ``say``. The main process decides, for every process."""
+    written (its manifest, or one of its ``outputs``, is there) and is not finished is reported through ``say``.
+    The main process decides, for every process."""
 
     def decide() -> bool:
         path = stage_manifest(folder, stage)
         reason = manifest.check(path, inputs)
-        if reason is not None and path.exists():
+        if reason is not None and (path.exists() or any(Path(p).exists() for p in outputs)):
             say(f"{Path(folder).name} {stage}: {reason}; redoing the stage")
         return reason is not None
 
