@@ -1,0 +1,181 @@
+"""Soak test: ``imitalign iterate`` killed (SIGKILL) at random moments N times, then run to the end, compared with
+an uninterrupted run of the same config. Not part of the test suite (minutes of wall time).
+
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/soak_iterate.py --kills 8 --out runs/soak [--seed 0]
+
+The loop: a random tiny Llama as π_0 (the gym tokenizer), 2 rounds of 8 prompts × K = 2, a rule reward
+(shorter is better), DPO for 6 steps a round with a checkpoint every 2 steps. Each (re)run is killed after a
+random delay after its imports and checks (its first ``[iterate]`` line), by default in [0, 0.95 × the
+uninterrupted run's time after that line] (a rerun only does what is left, so later kills may land after the
+last stage; each is counted all the same); the last stage sealed before the kill is read from the manifests.
+Compared at the end, bit for bit: every round's prompts, samples,
+scores, training data and model weights; each round's ``metrics.jsonl`` has each step once. Prints one JSON
+line with the result, the load average and the wall time; exits 1 on any difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+COMPARED = ("prompts.jsonl", "samples.jsonl", "scored.jsonl", "train_data.jsonl", "train/model/model.safetensors")
+
+
+def brevity(rows: list[dict]) -> list[float]:
+    """The loop's reward: shorter responses score higher."""
+    return [-float(len(r["response"])) for r in rows]
+
+
+def setup(root: Path) -> dict[str, str]:
+    sys.path.insert(0, str(REPO))
+    from imitalign.gym.tokenizer import load_tokenizer, save_tokenizer
+    from imitalign.model.load import save_model
+    from tests.helpers import tiny_llama
+
+    tok = load_tokenizer(save_tokenizer(root / "tok"))
+    save_model(tiny_llama(vocab_size=len(tok)), tok, root / "pi0")
+    topics = ("forest", "city", "space", "music", "food", "sport", "art", "farm", "rain", "snow", "moon", "tree")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"write about sea and {t} =>"}) + "\n" for t in topics * 2))
+    return {"pi0": str(root / "pi0"), "prompts": str(prompts)}
+
+
+def config(paths: dict[str, str], out: Path) -> Path:
+    raw = {
+        "run": {"output_dir": str(out), "seed": 0},
+        "policy": paths["pi0"],
+        "rounds": 2,
+        "prompts": {"source": {"path": paths["prompts"]}, "per_round": 8},
+        "generate": {"k": 2, "max_new_tokens": 8, "batch_size": 8},
+        "reward": {"kind": "function", "function": "soak_iterate:brevity"},
+        "train": {
+            "objective": {"name": "dpo"},
+            "data": {"chat_template": "none", "max_length": 48},
+            "train": {"batch_size": 2, "max_steps": 6, "save_every": 2, "lr": 1e-3, "log_every": 1},
+            "reference": {"cache_dir": None},
+        },
+    }
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'benchmarks'}", "OMP_NUM_THREADS": "1"}
+
+
+def launch(cfg: Path, log: Path) -> subprocess.Popen:
+    with log.open("w") as f:
+        return subprocess.Popen([sys.executable, "-m", "imitalign.cli", "iterate", str(cfg)], env=env(),
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+def started(proc: subprocess.Popen, log: Path) -> float | None:
+    """Wait until the run has done its imports and checks (its first ``[iterate]`` line); the time then, or None
+    when it ended first."""
+    while proc.poll() is None:
+        if "[iterate]" in log.read_text(errors="replace"):
+            return time.time()
+        time.sleep(0.05)
+    return None
+
+
+def where(out: Path) -> str:
+    """The last sealed stage on disk (what a kill interrupted is the one after it)."""
+    sealed = sorted(out.glob("round_*/manifest_*.json"), key=lambda p: p.stat().st_mtime)
+    return f"{sealed[-1].parent.name}/{sealed[-1].stem.removeprefix('manifest_')}" if sealed else "(none)"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+
+
+def compare(a: Path, b: Path) -> list[str]:
+    problems = []
+    for t in (1, 2):
+        for name in COMPARED:
+            x, y = digest(a / f"round_{t}" / name), digest(b / f"round_{t}" / name)
+            if x != y:
+                problems.append(f"round_{t}/{name}: {x} vs {y}")
+        steps = [json.loads(line)["step"] for line in (b / f"round_{t}/train/metrics.jsonl").read_text().splitlines()]
+        if len(steps) != len(set(steps)):
+            problems.append(f"round_{t}/train/metrics.jsonl repeats steps: {steps}")
+    ra = json.loads((a / "results.json").read_text()) if (a / "results.json").exists() else None
+    rb = json.loads((b / "results.json").read_text()) if (b / "results.json").exists() else None
+    if (ra is None) != (rb is None):
+        problems.append("results.json present in only one run")
+    return problems
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--kills", type=int, default=8)
+    ap.add_argument("--out", default="runs/soak")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--min-delay", type=float, default=None, help="default: 0.3 × the uninterrupted run's time")
+    ap.add_argument("--max-delay", type=float, default=None, help="default: 0.9 × the uninterrupted run's time")
+    args = ap.parse_args()
+    root = Path(args.out).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    t0 = time.time()
+    load_start = os.getloadavg()
+    paths = setup(root)
+    log = root / "iterate.log"
+    ref = launch(config(paths, root / "uninterrupted"), log)
+    t_ready = started(ref, log)
+    if ref.wait() != 0 or t_ready is None:
+        print(f"the uninterrupted run failed; see {log}", file=sys.stderr)
+        return 1
+    t_ref = time.time() - t_ready  # the work after imports and checks: kills land in it
+    lo = args.min_delay if args.min_delay is not None else 0.0
+    hi = args.max_delay if args.max_delay is not None else 0.95 * t_ref
+    rng = random.Random(args.seed)
+    cfg = config(paths, root / "killed")
+    kills = []
+    for i in range(args.kills):
+        proc = launch(cfg, root / f"killed_{i}.log")
+        delay = rng.uniform(lo, hi)
+        if started(proc, root / f"killed_{i}.log") is None:
+            return 1 if proc.returncode else 0
+        try:
+            rc = proc.wait(timeout=delay)
+            kills.append({"delay_s": round(delay, 1), "finished_before_kill": True, "rc": rc})
+            break  # it finished: nothing left to interrupt
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills.append({"delay_s": round(delay, 1), "after_stage": where(root / "killed")})
+    final = launch(cfg, root / "final.log")
+    rc = final.wait()
+    problems = [f"the final run exited {rc}"] if rc != 0 else compare(root / "uninterrupted", root / "killed")
+    result = {
+        "kills": sum(1 for k in kills if "after_stage" in k),
+        "kill_log": kills,
+        "equal": not problems,
+        "problems": problems,
+        "wall_s": round(time.time() - t0, 1),
+        "uninterrupted_work_s": round(t_ref, 1),
+        "load_start": [round(x, 2) for x in load_start],
+        "load_end": [round(x, 2) for x in os.getloadavg()],
+        "command": " ".join(sys.argv),
+    }
+    print(json.dumps(result))
+    (root / "soak_result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if not problems else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
