@@ -6,8 +6,8 @@ an uninterrupted run of the same config. Not part of the test suite (minutes of 
 The loop: a random tiny Llama as π_0 (the gym tokenizer), 2 rounds of 8 prompts × K = 2, a rule reward
 (shorter is better), DPO for 6 steps a round with a checkpoint every 2 steps. Each (re)run is killed after a
 random delay after its imports and checks (its first ``[iterate]`` line), by default in [0, 0.95 × the
-uninterrupted run's time after that line] (a rerun only does what is left, so later kills may land after the
-last stage; each is counted all the same); the last stage sealed before the kill is read from the manifests.
+uninterrupted run's time after that line × the share of stages not yet sealed] (a rerun only does what is left);
+the last stage sealed before the kill is read from the manifests.
 Compared at the end, bit for bit: every round's prompts, samples,
 scores, training data and model weights; each round's ``metrics.jsonl`` has each step once. Prints one JSON
 line with the result, the load average and the wall time; exits 1 on any difference.
@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = 2 * 5  # rounds × (prompts, samples, scored, pairs, train)
 COMPARED = ("prompts.jsonl", "samples.jsonl", "scored.jsonl", "train_data.jsonl", "train/model/model.safetensors")
 
 
@@ -147,7 +148,8 @@ def main() -> int:
     kills = []
     for i in range(args.kills):
         proc = launch(cfg, root / f"killed_{i}.log")
-        delay = rng.uniform(lo, hi)
+        left = 1.0 - len(list((root / "killed").glob("round_*/manifest_*.json"))) / STAGES
+        delay = rng.uniform(lo, max(lo, hi * left))  # within what is left of the work
         if started(proc, root / f"killed_{i}.log") is None:
             return 1 if proc.returncode else 0
         try:

@@ -133,6 +133,13 @@ def train_fingerprint(cfg: Any) -> str:
     )
 
 
+def legacy_train_fingerprint(cfg: Any) -> str:
+    """The checkpoint fingerprint of earlier versions (it held ``run.output_dir`` and ``run.name``): checkpoints
+    written by them still resume."""
+    keep = cfg.model_dump(mode="json", exclude={"train": {"log_every", "eval_every", "save_every", "trackers"}})
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def read_record(folder: str | Path) -> dict | None:
     """The folder's ``run.json`` (None without one, or when it is not a readable record)."""
     path = Path(folder) / RECORD_FILE

@@ -27,7 +27,9 @@ from imitalign.runs import LOCK_FILE, acquire, read_record
 from tests.helpers import REPO, TINY_LLAMA
 
 runner = CliRunner()
-ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def env(**extra: str) -> dict[str, str]:
+    """A subprocess's environment: this one's (the session's reference cache included), this repository first."""
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
 
 
 def tree(folder: Path) -> dict[str, str]:
@@ -67,8 +69,8 @@ def train_yaml(tmp_path: Path, out: Path | None = None, **train: typing.Any) -> 
     return path
 
 
-def cli(*args: str) -> typing.Any:
-    return runner.invoke(app, [str(a) for a in args])
+def cli(*args: str, **kwargs: typing.Any) -> typing.Any:
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
 
 
 # ------------------------------------------------------------------------------------------ bad settings
@@ -141,7 +143,7 @@ def _hold(folder: Path) -> subprocess.Popen:
     """Another process holding ``folder``'s lock until it is killed."""
     code = f"from imitalign.runs import acquire; acquire({str(folder)!r}, 'train'); print('held', flush=True); " \
            "import time; time.sleep(60)"
-    proc = subprocess.Popen([sys.executable, "-c", code], env=ENV, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -335,8 +337,9 @@ def loop_yaml(tiny_loop: dict, out: Path) -> Path:
 def test_a_kill_between_a_stage_files_and_its_manifest_redoes_the_stage(tiny_loop, tmp_path):
     out = tmp_path / "loop"
     path = loop_yaml(tiny_loop, out)
-    killed = subprocess.run([sys.executable, "-m", "imitalign.cli", "iterate", str(path)], env={
-        **ENV, "IMITALIGN_FAULT": "stage:scored:sealing"}, capture_output=True, text=True, timeout=300)
+    killed = subprocess.run([sys.executable, "-m", "imitalign.cli", "iterate", str(path)],
+                            env=env(IMITALIGN_FAULT="stage:scored:sealing"), capture_output=True, text=True,
+                            timeout=300)
     assert killed.returncode == 137, killed.stderr[-2000:]
     rd = out / "round_1"
     assert (rd / "scored.jsonl").exists() and (rd / "scoring.json").exists()  # data and statistics, unsealed
@@ -406,3 +409,102 @@ def test_a_truncated_model_folder_is_a_clear_error_not_a_safetensor_error(tiny_l
         match = "is not the model that was saved" if sealed else "a weights file cannot be read"
         with pytest.raises(ConfigError, match=match):
             from_pretrained(AutoModelForCausalLM, str(copy))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class SimulatedKill(BaseException):
+    """Raised at a fault point in-process: the files stay as they are at that moment (as with kill -9)."""
+
+
+def _kill_at(monkeypatch: pytest.MonkeyPatch, point: str, nth: int = 1) -> None:
+    import imitalign.train.checkpoint as checkpoint
+
+    arrivals = {"n": 0}
+
+    def fault(name: str) -> None:
+        if name == point:
+            arrivals["n"] += 1
+            if arrivals["n"] == nth:
+                raise SimulatedKill(point)
+
+    monkeypatch.setattr(checkpoint, "fault", fault)
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {k: v.clone() for k, v in load_file(str(run / "model" / "model.safetensors")).items()}
+
+
+def _steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kills_inside_checkpoint_writes_then_resume_equal_an_uninterrupted_run(tmp_path, monkeypatch):
+    """A kill during the first checkpoint: a plain rerun starts over. Kills inside later checkpoints, the folder
+    moved and renamed in between: ``--resume`` continues; every step is logged once; the weights are the
+    uninterrupted run's, bit for bit."""
+    whole = tmp_path / "whole"
+    assert cli("train", train_yaml(tmp_path, whole, save_every=1, max_steps=4)).exit_code == 0
+    run = tmp_path / "run"
+    path = train_yaml(tmp_path, run, save_every=1, max_steps=4)
+    _kill_at(monkeypatch, "checkpoint:written")
+    with pytest.raises(SimulatedKill):
+        cli("train", path, catch_exceptions=False)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000001.tmp"]
+    _kill_at(monkeypatch, "checkpoint:written", nth=3)  # a plain rerun: starts over, killed inside step 3's
+    with pytest.raises(SimulatedKill):
+        cli("train", path, catch_exceptions=False)
+    assert _steps(run) == [1, 2, 3]
+    moved = tmp_path / "moved"
+    run.rename(moved)  # a moved (and renamed) run folder resumes: where it lives is not what it trains
+    path = train_yaml(tmp_path, moved, save_every=1, max_steps=4)
+    raw = yaml.safe_load(path.read_text())
+    raw["run"]["name"] = "renamed"
+    path.write_text(yaml.safe_dump(raw))
+    _kill_at(monkeypatch, "checkpoint:written", nth=99)
+    resumed = cli("train", path, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed from" in resumed.output and "at step 2/4" in resumed.output
+    assert _steps(moved) == [1, 2, 3, 4]  # each step once: the killed run's step-3 record was cut on resume
+    a, b = _weights(whole), _weights(moved)
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+def test_a_nan_gradient_with_clipping_off_stops_before_the_update(tmp_path, monkeypatch):
+    """max_grad_norm: null still checks the gradient: a NaN gradient (finite loss) at step 3 stops the run before
+    the update; the checkpoint it names is one whose weights were verified finite."""
+    import torch
+    from safetensors.torch import load_file
+
+    from imitalign.train import loop
+
+    original = loop.Trainer._forward_backward
+
+    def nan_grad_at_step_3(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        if self.global_step == 2:
+            next(p for p in self.engine.parameters() if p.grad is not None).grad.fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(loop.Trainer, "_forward_backward", nan_grad_at_step_3)
+    run = tmp_path / "run"
+    result = cli("train", train_yaml(tmp_path, run, save_every=1, max_steps=4, max_grad_norm=None))
+    assert result.exit_code == 2
+    named = run / "checkpoints" / "step-0000002"
+    assert "non-finite loss or gradient at step 3" in result.output
+    assert f"Last good checkpoint: {named}" in result.output
+    assert json.loads((named / "trainer_state.json").read_text())["weights_finite"] is True
+    weights = load_file(str(named / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert not (run / "model").exists() and not (run / "checkpoints" / "step-0000003").exists()
+
+
+def test_only_checkpoints_verified_finite_are_named(tmp_path):
+    from imitalign.train.integrity import last_finite_checkpoint
+
+    for step, state in ((1, {"weights_finite": True}), (2, {"weights_finite": True}), (3, {})):
+        ckpt = tmp_path / "checkpoints" / f"step-{step:07d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "trainer_state.json").write_text(json.dumps({"step": step, **state}))
+    assert last_finite_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-0000002"  # 3: not verified

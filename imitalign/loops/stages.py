@@ -111,10 +111,8 @@ def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool =
     if is_main() and run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished or different run: start it again
     barrier()
-    result = train(cfg, quiet=quiet)  # (returns on every process once the main one has written summary.json)
-    if not (result.model_dir / manifest.MODEL_MANIFEST).exists():
-        fault("model:saved")
-        on_main(lambda: manifest.seal_model(result.model_dir))
+    # (returns on every process once the main one has written summary.json; the model folder is sealed by then)
+    result = train(cfg, quiet=quiet)
     return json.loads((result.run_dir / "summary.json").read_text())
 
 

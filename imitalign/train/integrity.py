@@ -12,15 +12,51 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from imitalign.train.checkpoint import STATE_FILE, checkpoint_dirs
+from imitalign.train.checkpoint import STATE_FILE, checkpoint_dirs, latest_checkpoint
 
 FINITE_KEY = "weights_finite"
+
+
+class TrainingError(RuntimeError):
+    """The run cannot go on (non-finite loss, ...); the message says what happened and what is kept."""
+
+
+def start_checkpoint(
+    run_dir: Path, resume: bool, fingerprints: Iterable[str], say: Callable[[str], None] | None = None
+) -> Path | None:
+    """The checkpoint a run continues from: with ``resume`` the newest complete one (written by a config whose
+    fingerprint is one of ``fingerprints``), or None — also when a kill during the first checkpoint left none
+    complete (said through ``say``; the run starts at step 0). Without ``resume`` a folder that holds a complete
+    checkpoint is refused (an incomplete ``step-N.tmp`` is not one: a plain rerun starts over)."""
+    ckpt = latest_checkpoint(run_dir)
+    if not resume:
+        if ckpt is not None:
+            raise TrainingError(
+                f"{run_dir} already holds checkpoints: pass --resume to continue, or pick a new output_dir"
+            )
+        return None
+    if ckpt is None:
+        if say is not None:
+            say(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}: starting from step 0")
+        return None
+    saved = json.loads((ckpt / STATE_FILE).read_text())
+    if saved.get("config_fingerprint") not in set(fingerprints):
+        raise TrainingError(
+            f"--resume: {ckpt} was written by a different configuration (what is trained changed); "
+            "resume with the config saved in the run folder, or start a new output_dir"
+        )
+    return ckpt
+
+
+def checkpoint_step(ckpt: Path | None) -> int:
+    """The optimiser step a checkpoint was written at (0 for None: a fresh start)."""
+    return 0 if ckpt is None else int(json.loads((ckpt / STATE_FILE).read_text())["step"])
 
 
 def step_grad_norm(accelerator: Any, params: Iterable[torch.Tensor], max_grad_norm: float | None) -> torch.Tensor:
@@ -30,10 +66,14 @@ def step_grad_norm(accelerator: Any, params: Iterable[torch.Tensor], max_grad_no
     return accelerator.clip_grad_norm_(params, limit)
 
 
-def weights_finite(model: torch.nn.Module) -> bool:
-    """Whether every parameter of ``model`` is finite (one host sync)."""
+def weights_finite(model: torch.nn.Module, accelerator: Any = None) -> bool:
+    """Whether every parameter of ``model`` is finite (one host sync); with an ``accelerator`` of several
+    processes, on all of them (sharded weights: each process checks its shard; the answer is the same on all)."""
     flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
-    return bool(torch.stack(flags).all()) if flags else True
+    bad = (~torch.stack(flags).all()).float() if flags else torch.zeros(())
+    if accelerator is not None and accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.to(accelerator.device), "sum")
+    return not bool(bad > 0)
 
 
 def last_finite_checkpoint(run_dir: Path) -> Path | None:
