@@ -4,10 +4,10 @@ an uninterrupted run of the same config. Not part of the test suite (minutes of 
     PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/soak_iterate.py --kills 8 --out runs/soak [--seed 0]
 
 The loop: a random tiny Llama as π_0 (the gym tokenizer), 2 rounds of 8 prompts × K = 2, a rule reward
-(shorter is better), DPO for 6 steps a round with a checkpoint every 2 steps. Each (re)run is killed after a
-random delay after its imports and checks (its first ``[iterate]`` line), by default in [0, 0.95 × the
-uninterrupted run's time after that line × the share of stages not yet sealed] (a rerun only does what is left);
-the last stage sealed before the kill is read from the manifests.
+(shorter is better), DPO for 6 steps a round with a checkpoint every 2 steps. Kills are placed by progress, not
+by the clock (the machine's load varies): each (re)run is killed up to ``--jitter`` seconds after it has printed a
+random number of lines of work, drawn from what is left (the uninterrupted run's line count × the share of stages
+not yet sealed) — so kills land in sampling, scoring, pairing, training steps and checkpoint writes alike.
 Compared at the end, bit for bit: every round's prompts, samples,
 scores, training data and model weights; each round's ``metrics.jsonl`` has each step once. Prints one JSON
 line with the result, the load average and the wall time; exits 1 on any difference.
@@ -83,14 +83,25 @@ def launch(cfg: Path, log: Path) -> subprocess.Popen:
                                 stdout=f, stderr=subprocess.STDOUT)
 
 
-def started(proc: subprocess.Popen, log: Path) -> float | None:
-    """Wait until the run has done its imports and checks (its first ``[iterate]`` line); the time then, or None
-    when it ended first."""
-    while proc.poll() is None:
-        if "[iterate]" in log.read_text(errors="replace"):
-            return time.time()
-        time.sleep(0.05)
-    return None
+def progress(log: Path) -> list[str]:
+    """The lines a run has printed since its imports and checks (from its first ``[iterate]`` line)."""
+    lines = log.read_text(errors="replace").splitlines()
+    first = next((i for i, line in enumerate(lines) if "[iterate]" in line), None)
+    return [] if first is None else lines[first:]
+
+
+def kill_after(proc: subprocess.Popen, log: Path, n_lines: int, jitter: float) -> str | None:
+    """SIGKILL ``proc`` ``jitter`` seconds after it has printed ``n_lines`` lines of work; the last line printed
+    before the kill, or None when it ended first."""
+    while proc.poll() is None and len(progress(log)) < n_lines:
+        time.sleep(0.02)
+    time.sleep(jitter)
+    if proc.poll() is not None:
+        return None
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    lines = progress(log)
+    return lines[-1].strip()[:80] if lines else "(start)"
 
 
 def where(out: Path) -> str:
@@ -125,8 +136,7 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=8)
     ap.add_argument("--out", default="runs/soak")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--min-delay", type=float, default=None, help="default: 0.3 × the uninterrupted run's time")
-    ap.add_argument("--max-delay", type=float, default=None, help="default: 0.9 × the uninterrupted run's time")
+    ap.add_argument("--jitter", type=float, default=0.5, help="seconds (at most) between the chosen line and the kill")
     args = ap.parse_args()
     root = Path(args.out).resolve()
     shutil.rmtree(root, ignore_errors=True)
@@ -135,41 +145,36 @@ def main() -> int:
     load_start = os.getloadavg()
     paths = setup(root)
     log = root / "iterate.log"
+    t_ref = time.time()
     ref = launch(config(paths, root / "uninterrupted"), log)
-    t_ready = started(ref, log)
-    if ref.wait() != 0 or t_ready is None:
+    if ref.wait() != 0:
         print(f"the uninterrupted run failed; see {log}", file=sys.stderr)
         return 1
-    t_ref = time.time() - t_ready  # the work after imports and checks: kills land in it
-    lo = args.min_delay if args.min_delay is not None else 0.0
-    hi = args.max_delay if args.max_delay is not None else 0.95 * t_ref
+    t_ref = time.time() - t_ref
+    n_ref = len(progress(log))  # lines of work of a whole run: kills are placed by progress, not by the clock
     rng = random.Random(args.seed)
     cfg = config(paths, root / "killed")
     kills = []
     for i in range(args.kills):
-        proc = launch(cfg, root / f"killed_{i}.log")
+        run_log = root / f"killed_{i}.log"
+        proc = launch(cfg, run_log)
         left = 1.0 - len(list((root / "killed").glob("round_*/manifest_*.json"))) / STAGES
-        delay = rng.uniform(lo, max(lo, hi * left))  # within what is left of the work
-        if started(proc, root / f"killed_{i}.log") is None:
-            return 1 if proc.returncode else 0
-        try:
-            rc = proc.wait(timeout=delay)
-            kills.append({"delay_s": round(delay, 1), "finished_before_kill": True, "rc": rc})
+        n = rng.randint(1, max(1, round(n_ref * left)))  # somewhere in what is left of the work
+        last = kill_after(proc, run_log, n, rng.uniform(0.0, args.jitter))
+        if last is None:
+            kills.append({"after_lines": n, "finished_before_kill": True, "rc": proc.returncode})
             break  # it finished: nothing left to interrupt
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            kills.append({"delay_s": round(delay, 1), "after_stage": where(root / "killed")})
+        kills.append({"after_lines": n, "last_line": last, "last_sealed": where(root / "killed")})
     final = launch(cfg, root / "final.log")
     rc = final.wait()
     problems = [f"the final run exited {rc}"] if rc != 0 else compare(root / "uninterrupted", root / "killed")
     result = {
-        "kills": sum(1 for k in kills if "after_stage" in k),
+        "kills": sum(1 for k in kills if "last_line" in k),
         "kill_log": kills,
         "equal": not problems,
         "problems": problems,
         "wall_s": round(time.time() - t0, 1),
-        "uninterrupted_work_s": round(t_ref, 1),
+        "uninterrupted_s": round(t_ref, 1),
         "load_start": [round(x, 2) for x in load_start],
         "load_end": [round(x, 2) for x in os.getloadavg()],
         "command": " ".join(sys.argv),
