@@ -35,12 +35,6 @@ def _say(msg: str) -> None:
     print(f"[quickstart] {msg}", flush=True)
 
 
-def todo(path: str | Path) -> bool:
-    """Whether the stage whose output is ``path`` still has to run — the main process's view, on every process
-    (so a process that looks after the main one has written the file still runs the stage with it)."""
-    return main_decides(not Path(path).exists())
-
-
 def stage_manifest(folder: str | Path, stage: str) -> Path:
     return Path(folder) / f"manifest_{stage}.json"
 
