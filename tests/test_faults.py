@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from imitalign.cli import app
-from imitalign.config import TrainConfig
+from imitalign.config import DataConfig, DataSource, LoraConfig, ModelConfig, RunConfig, TrainConfig
 from imitalign.gym.tokenizer import save_tokenizer
 from imitalign.runs import LOCK_FILE, acquire, read_record
 from tests.helpers import REPO, TINY_LLAMA
@@ -85,39 +85,54 @@ def _bad_values(field: typing.Any) -> list[typing.Any]:
             if bound is not None:
                 out.append(bound + sign * step if strict else bound)
     if is_float:
-        out += ["nan", "inf"]
+        out.append("nan")  # (inf is refused by the same check: allow_inf_nan=False)
     return out
 
 
+SECTIONS = {"train": TrainConfig, "data": DataConfig, "data.train": DataSource, "model": ModelConfig,
+            "model.lora": LoraConfig, "run": RunConfig}
 NUMERIC = {
-    name: f for name, f in TrainConfig.model_fields.items()
+    f"{section}.{name}": f for section, schema in SECTIONS.items() for name, f in schema.model_fields.items()
     if {int, float} & ({f.annotation} | set(typing.get_args(f.annotation)))
     and typing.get_origin(f.annotation) is not tuple
 }  # (adam_betas, a pair, has its own case below)
 
 
-def test_every_numeric_train_field_has_a_range():
-    unchecked = [n for n, f in NUMERIC.items() if not [v for v in _bad_values(f) if v not in ("nan", "inf")]]
+def _outside(rule: str) -> float:
+    """A value that breaks an objective option's range rule."""
+    from imitalign.objectives.rules import holds
+
+    return next(v for v in (0.0, -0.5, 0.5, 1.5, -1e-3) if not holds(rule, v))
+
+
+def test_every_numeric_setting_has_a_range():
+    unchecked = [n for n, f in NUMERIC.items() if not [v for v in _bad_values(f) if v != "nan"]]
     assert unchecked == []
+    assert len(NUMERIC) >= 20
 
 
 def test_bad_settings_exit_2_naming_the_field_before_anything_is_written(tmp_path):
-    """Every numeric field of ``train`` with each value outside its range, and objective options outside their
-    rules: exit 2, the field named, the output folder (here holding a finished run's files) unchanged."""
+    """Every numeric setting of a train config with each value outside its range, and every objective's options
+    outside their rules: exit 2, the field named, the output folder (here holding a finished run's files)
+    unchanged."""
+    from imitalign import objectives
+
     out = tmp_path / "run"
     out.mkdir()
     (out / "summary.json").write_text('{"steps": 3}')
     before = tree(out)
-    cases = [(f"train.{name}", v) for name, f in NUMERIC.items() for v in _bad_values(f)]
-    cases += [("train.adam_betas", "[0.9,1.0]"), ("objective.options.beta", -1), ("objective.options.beta", 0),
-              ("objective.options.label_smoothing", 0.5), ("data.eval_fraction", 1), ("data.max_length", 0),
-              ("model.lora.r", 0)]
-    assert len(cases) > 30
+    cases = [([f"{key}={v}"], key) for key, f in NUMERIC.items() for v in _bad_values(f)]
+    cases.append((["train.adam_betas=[0.9,1.0]"], "adam_betas"))
+    for name in objectives.names():
+        extra = ["objective.options.generator=imitalign.objectives.ratio:lsif_generator"] if name == "bregman" else []
+        for option, rule in objectives.get(name).rules.items():
+            cases.append(([f"objective.name={name}", f"objective.options.{option}={_outside(rule)}", *extra], option))
+    assert len(cases) > 40
     path = train_yaml(tmp_path)
-    for key, value in cases:
-        result = cli("train", path, "--set", f"{key}={value}")
-        assert result.exit_code == 2, (key, value, result.output)
-        assert key.split(".")[-1] in result.output, (key, value, result.output)
+    for sets, field in cases:
+        result = cli("train", path, *[x for kv in sets for x in ("--set", kv)])
+        assert result.exit_code == 2, (sets, result.output)
+        assert field.split(".")[-1] in result.output, (sets, result.output)
     assert tree(out) == before
     assert not (out / LOCK_FILE).exists()
 
