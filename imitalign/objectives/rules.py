@@ -38,4 +38,4 @@ def check_rule(objective: str, option: str, rule: str, value: object) -> None:
         return
     if not holds(rule, float(value)):
         where = f"must be {rule}" if rule.lstrip()[0] in "<>" else f"must be in {rule}"
-        raise ValueError(f"options.{option} {where} (objective {objective}), got {value!r}")
+        raise ValueError(f"options.{option} = {value!r} {where} (objective {objective})")
