@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from imitalign import objectives
-from imitalign.config import Config, ConfigError, load_config
+from imitalign.config import Config, ConfigError, apply_overrides, load_config
 from imitalign.loops.iterate_config import (
     EnhancerConfig,
     EvalConfig,
@@ -76,6 +76,7 @@ from imitalign.loops.iterate_report import (
     summarize_runs,
     write_iterate_report,
 )
+from imitalign.loops.launch import fault_point, run_stage_job
 from imitalign.loops.pairs import (
     DEMO_MODES,
     OWN_SAMPLES,
@@ -86,7 +87,8 @@ from imitalign.loops.pairs import (
     self_play_pairs,
 )
 from imitalign.loops.rejection import accept
-from imitalign.loops.scoring import check_samples, read_rows, write_rows
+from imitalign.loops.scoring import read_rows, write_rows
+from imitalign.loops.stage_jobs import CONFIG_NAME, generate_stage, gold_column_source, score_stage, stage_command
 from imitalign.loops.stages import model_fingerprint, read_json, seal_stage, stage_todo, train_or_reuse, write_json
 from imitalign.manifest import MODEL_MANIFEST
 from imitalign.processes import is_main, on_main, process_count
@@ -117,6 +119,7 @@ __all__ = [  # the config models and the report live in iterate_config.py / iter
     "prepare_gym",
     "read_iterate_config",
     "resolve_config",
+    "iterate",
     "round_table",
     "run_iterate",
     "summarize_runs",
@@ -339,9 +342,7 @@ def _load_causal(path: str) -> Any:
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    from imitalign.model.load import from_pretrained
-
-    return from_pretrained(AutoModelForCausalLM, path).to(device).eval()
+    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
 
 
 def _evaluate(
@@ -405,6 +406,8 @@ def _sample_stage(cfg: IterateConfig, rd: Path, t: int, model: str, pi0: str) ->
         "batch_size": g.batch_size,
         "backend": g.backend,
         "dtype": g.dtype,
+        "tensor_parallel_size": g.tensor_parallel_size,
+        "after_shard": lambda: fault_point("generate", t),
     }
     if g.enhancer is None:
         st = generate_k(
@@ -516,7 +519,7 @@ def _same_run(saved: Any, dumped: dict[str, Any]) -> bool:
     if saved == dumped:
         return True
     try:
-        return parse_iterate_config(saved).model_dump(mode="json") == dumped
+        return parse_iterate_config(saved).model_dump(mode="json", exclude={"launch"}) == dumped
     except ConfigError:
         return False
 
@@ -540,37 +543,10 @@ def _offline_stage(cfg: IterateConfig, rd: Path) -> None:
     write_json(rd / "selection.json", {"offline": cfg.offline.path, "train_examples": len(rows)})
 
 
-def _score_stage(cfg: IterateConfig, pf: Preflight, rd: Path) -> None:
-    """``scored.jsonl`` (the samples with ``score`` and, on the gym, ``gold``) and ``scoring.json``."""
-    rows = read_rows(rd / "samples.jsonl")
-    check_samples(rows, cfg.generate.k, str(rd / "samples.jsonl"))
-    t0 = time.perf_counter()
-    scores = None if pf.reward is None else score_rows(pf.reward, rows, batch_size=cfg.reward.batch_size * 8)  # type: ignore[union-attr]
-    seconds = time.perf_counter() - t0
-    loop_gold = cfg.reward is not None and cfg.reward.kind == "gold"
-    gold = None
-    eval_gold = cfg.eval is not None and cfg.eval.reward is not None and cfg.eval.reward.kind == "gold"
-    if eval_gold and not loop_gold:
-        gold = score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]  # logged next to the samples
-    out_rows = []
-    for i, row in enumerate(rows):
-        if scores is not None:
-            row = {**row, "score": scores[i]}
-        if gold is not None:
-            row["gold"] = gold[i]
-        elif loop_gold:
-            row["gold"] = scores[i]  # type: ignore[index]
-        out_rows.append(row)
-    write_rows(rd / "scored.jsonl", out_rows)
-    write_json(
-        rd / "scoring.json",
-        {
-            "seconds": seconds,
-            "rows": len(rows),
-            "reward": None if pf.reward is None else pf.reward.name,
-            "mean_score": None if scores is None else statistics.fmean(scores),
-        },
-    )
+def _score_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int) -> None:
+    """``scored.jsonl`` and ``scoring.json`` (:func:`imitalign.loops.stage_jobs.score_stage`; every process
+    scores its shard, the main process writes)."""
+    score_stage(cfg, pf.reward, gold_column_source(cfg, pf.eval_reward), rd, t)
 
 
 def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_set: Any) -> Any:
@@ -604,146 +580,16 @@ def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_s
     return prompt_set
 
 
-def _model_inputs(model: str, pi0: str) -> list[Path]:
-    """A trained model as a stage input: its folder's manifest (π_0, given by the user, is not recorded)."""
-    return [] if model == pi0 else [Path(model) / MODEL_MANIFEST]
-
-
-@dataclass
-class _Loop:
-    """The rounds of :func:`run_iterate`: each stage runs unless its manifest says it is finished
-    (:func:`~imitalign.loops.stages.stage_todo`), and is sealed once its files are written."""
-
-    cfg: IterateConfig
-    pf: Preflight
-    root: Path
-    pi0: str
-    pi0_fp: str | None
-    pi0_model: Any
-    say: Callable[[str], None]
-    quiet: bool
-    done: Callable[[int, str], None]
-    baseline: list[float] | None = None
-    prompt_set: Any = None
-
-    def stage(
-        self, rd: Path, t: int, name: str, work: Callable[[], Any], outputs: list[Path], inputs: Sequence[Path] = (),
-        *, everyone: bool = False, optional: Sequence[Path] = (),
-    ) -> bool:
-        """Run ``work`` (on the main process, or on ``everyone``) unless stage ``name`` of ``rd`` is finished
-        with these ``inputs``; then seal it (``outputs`` and those of ``optional`` that exist)."""
-        if not stage_todo(rd, name, inputs, self.say, outputs):
-            return False
-        if everyone:
-            work()
-        else:
-            on_main(work)
-        seal_stage(rd, name, outputs, inputs, optional=optional)
-        self.done(t, name)
-        return True
-
-    def round(self, t: int, model: str) -> str:
-        """Round ``t`` from π_{t−1} = ``model``; returns π_t's folder."""
-        cfg, pf, say = self.cfg, self.pf, self.say
-        rd = self.root / f"round_{t}"
-        on_main(lambda: rd.mkdir(parents=True, exist_ok=True))
-        selected = [rd / "train_data.jsonl", rd / "selection.json"]
-        if cfg.offline is not None:  # the offline baseline
-            self.stage(rd, t, "pairs", lambda: _offline_stage(cfg, rd), selected)
-        else:
-            self._sample_and_score(rd, t, model)
-            self.stage(rd, t, "pairs", lambda: _select(cfg, rd, t, say), selected, [rd / "scored.jsonl"],
-                       optional=[rd / "accepted.jsonl", rd / "policy_samples.jsonl"])
-        model = self._train(rd, t, model)
-        if cfg.eval is not None:
-            self.stage(rd, t, "eval", lambda: _eval_stage(cfg, pf, model, self.pi0_model, self.baseline, rd),
-                       [rd / "eval.json"], _model_inputs(model, self.pi0))
-            say(f"round {t}: eval reward {format_mean_se(read_json(rd / 'eval.json')['gold_reward'], 4)}")
-        return model
-
-    def _sample_and_score(self, rd: Path, t: int, model: str) -> None:
-        cfg, pf = self.cfg, self.pf
-
-        def prompts() -> None:
-            self.prompt_set = _prompts_stage(cfg, pf, rd, t, self.prompt_set)
-
-        self.stage(rd, t, "prompts", prompts, [rd / "prompts.jsonl"])
-        self.stage(rd, t, "samples", lambda: _samples(cfg, rd, t, model, self.pi0, self.say),
-                   [rd / "samples.jsonl", rd / "generation.json"],
-                   [rd / "prompts.jsonl", *_model_inputs(model, self.pi0)], everyone=True)
-        self.stage(rd, t, "scored", lambda: _score_stage(cfg, pf, rd), [rd / "scored.jsonl", rd / "scoring.json"],
-                   [rd / "samples.jsonl"])
-
-    def _train(self, rd: Path, t: int, model: str) -> str:
-        cfg = self.cfg
-        own = cfg.pairs.mode == OWN_SAMPLES
-        names = ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",)
-        if cfg.start == "retrain_union":  # π_0 on the union of every round's data so far
-            data_path, init = rd / "union_train_data.jsonl", self.pi0
-            sources = [self.root / f"round_{s}" / n for s in range(1, t + 1) for n in names]
-        else:
-            data_path, init = rd / "train_data.jsonl", model
-            sources = [rd / n for n in names]
-        ref = self.pi0 if cfg.reference == "initial" else model
-        tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
-        inputs = [*sources, *_model_inputs(init, self.pi0), *_model_inputs(ref, self.pi0)]
-        holder: dict[str, Any] = {}
-
-        def work() -> None:
-            if cfg.start == "retrain_union":
-                on_main(lambda: _write_union(self.root, rd, t, names))
-            t0 = time.perf_counter()
-            holder["summary"] = train_or_reuse(tcfg, say=self.say, quiet=self.quiet or not is_main())
-            seconds = time.perf_counter() - t0
-            on_main(lambda: _write_training(rd, init, ref, holder["summary"], seconds, self.pi0_fp))
-
-        model_dir = rd / "train" / "model"
-        if not self.stage(rd, t, "train", work, [rd / "training.json", model_dir], inputs, everyone=True):
-            holder["summary"] = train_or_reuse(tcfg, say=self.say, quiet=self.quiet)  # the finished run (verified)
-        return holder["summary"]["model_dir"]
-
-
-def _write_union(root: Path, rd: Path, t: int, names: Sequence[str]) -> None:
-    """``union_<name>``: the rows of every round's ``<name>`` so far (``start: retrain_union``)."""
-    for name in names:
-        rows = [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)]
-        write_rows(rd / f"union_{name}", rows)
-
-
-def _write_training(rd: Path, init: str, ref: str, summary: dict, seconds: float, pi0_fp: str | None) -> None:
-    write_json(
-        rd / "training.json",
-        {
-            "seconds": seconds,
-            "init": init,
-            "reference": ref,
-            "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
-            "pi0_fingerprint": pi0_fp,
-            "steps": summary["steps"],
-            "train": summary.get("train", {}),
-            "eval": summary.get("eval", {}),
-        },
-    )
-
-
-def _samples(cfg: IterateConfig, rd: Path, t: int, model: str, pi0: str, say: Callable[[str], None]) -> None:
-    """The samples stage: every process samples its shard; the main process writes ``generation.json``."""
-    info = _sample_stage(cfg, rd, t, model, pi0)
-
-    def generated() -> None:
-        write_json(rd / "generation.json", info["generation"])
-        say(
-            f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
-            f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
-        )
-
-    on_main(generated)
-
-
-def _select(cfg: IterateConfig, rd: Path, t: int, say: Callable[[str], None]) -> None:
-    _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
-    write_json(rd / "selection.json", info)
-    say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
+def iterate(
+    config: str | Path | dict[str, Any], overrides: list[str] | None = None, *, quiet: bool = True
+) -> IterateResult:
+    """Run (or resume) the loop of a YAML config file (or its dict), with ``--set``-style ``overrides``: what
+    ``imitalign iterate CONFIG`` does (a ``gym`` section builds its gym pieces first)."""
+    if isinstance(config, dict):
+        raw, source = apply_overrides(dict(config), overrides or []), "<dict>"
+    else:
+        raw, source = read_iterate_config(config, overrides or []), str(config)
+    return run_iterate(resolve_config(raw, source), quiet=quiet)
 
 
 def run_iterate(
@@ -763,43 +609,204 @@ def run_iterate(
     main = is_main()
     _say = say or (lambda m: print(f"[iterate] {m}", flush=True))
     say = _say if main else (lambda m: None)
-    saved = root / "iterate_config.yaml"
-    dumped = cfg.model_dump(mode="json")
-    if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
+    dumped = cfg.model_dump(mode="json", exclude={"launch"})  # (how stages are launched is not what they compute)
+    if cfg.launch.any() and process_count() > 1:
         raise ConfigError(
-            f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
+            "launch: runs stages as their own jobs from one orchestrating process; run imitalign iterate itself "
+            "without accelerate launch"
         )
+    _check_same_run(root, dumped)
     pf = preflight(cfg, say)
-
-    def save_config() -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_name(saved.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
-        tmp.replace(saved)
-
-    on_main(save_config)
-    ran: list[tuple[int, str]] = []
-
-    def done(t: int, stage: str) -> None:
-        ran.append((t, stage))
-        if on_stage is not None:
-            on_stage(t, stage)
-
+    on_main(lambda: _save_config(root, dumped))
+    run = _Run(cfg, pf, root, say, quiet, main, on_stage)
     pi0 = cfg.policy
-    pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
-    pi0_model = _load_causal(pi0) if cfg.eval is not None and main else None
-    loop = _Loop(cfg, pf, root, pi0, pi0_fp, pi0_model, say, quiet, done)
+    run.pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
+    if cfg.eval is not None and main and not cfg.launch.any():  # (launched stages need the GPUs: loaded per eval)
+        run.pi0_model = _load_causal(pi0)
 
     # round 0: π_0 itself
     r0 = root / "round_0"
+    baseline = None
     if cfg.eval is not None:
-        loop.stage(r0, 0, "eval", lambda: _eval_stage(cfg, pf, pi0, pi0_model, None, r0), [r0 / "eval.json"])
-        loop.baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
+        if run.todo(r0, 0, "eval", [r0 / "eval.json"]):
+            on_main(lambda: run.evaluate(pi0, None, r0))
+            run.done(0, "eval")
+        baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
+
+    prompt_set = None
     model = pi0
     for t in range(1, cfg.rounds + 1):
-        model = loop.round(t, model)
+        rd = root / f"round_{t}"
+        on_main(lambda rd=rd: rd.mkdir(parents=True, exist_ok=True))
+        prompt_set = _data_stages(run, rd, t, model, prompt_set)
+        model = _train_stage(run, rd, t, model)
+        if cfg.eval is not None and run.todo(rd, t, "eval", [rd / "eval.json"], run.model_input(model)):
+            on_main(lambda rd=rd, model=model: run.evaluate(model, baseline, rd))
+            run.done(t, "eval")
+        if cfg.eval is not None:
+            g = read_json(rd / "eval.json")["gold_reward"]
+            say(f"round {t}: eval reward {format_mean_se(g, 4)}")
     rows = collect_rows(root, cfg.rounds)
     table = round_table(rows)
     on_main(lambda: write_iterate_report(root, cfg, rows, table))
     say("\n" + table)
-    return IterateResult(root, rows, table, root / "report.md", ran)
+    return IterateResult(root, rows, table, root / "report.md", run.ran)
+
+
+@dataclass
+class _Run:
+    """What the stages of one :func:`run_iterate` call share; ``done`` records a stage this call executed."""
+
+    cfg: IterateConfig
+    pf: Preflight
+    root: Path
+    say: Callable[[str], None]
+    quiet: bool
+    main: bool
+    on_stage: Callable[[int, str], None] | None
+    ran: list[tuple[int, str]] = field(default_factory=list)
+    pi0_fp: str | None = None  # π_0's weights fingerprint (main process only)
+    pi0_model: Any = None  # π_0 loaded for the KL of the evaluations (main process, with an eval section)
+
+    pending: dict[tuple[int, str], tuple] = field(default_factory=dict)  # stages to seal when done
+
+    def todo(
+        self, rd: Path, t: int, stage: str, outputs: list[Path], inputs: Sequence[Path] = (),
+        optional: Sequence[Path] = (),
+    ) -> bool:
+        """Whether stage ``stage`` of round ``t`` still has to run: its manifest is missing or does not match its
+        files and ``inputs`` (the run says so when files were there); ``done`` seals it (``outputs``, those of
+        ``optional`` that exist, ``inputs``)."""
+        if not stage_todo(rd, stage, inputs, self.say, outputs):
+            return False
+        self.pending[(t, stage)] = (rd, outputs, inputs, optional)
+        return True
+
+    def model_input(self, model: str) -> list[Path]:
+        """A trained model as a stage input: its folder's manifest (π_0, given by the user, is not recorded)."""
+        return [] if model == self.cfg.policy else [Path(model) / MODEL_MANIFEST]
+
+    def done(self, t: int, stage: str) -> None:
+        if (t, stage) in self.pending:
+            rd, outputs, inputs, optional = self.pending.pop((t, stage))
+            seal_stage(rd, stage, outputs, inputs, optional=optional)
+        self.ran.append((t, stage))
+        if self.on_stage is not None:
+            self.on_stage(t, stage)
+
+    def evaluate(self, model_dir: str, baseline: list[float] | None, rd: Path) -> None:
+        """``eval.json`` of ``model_dir``; π_0 is the one kept loaded, or (stages launched as jobs, which need the
+        GPUs in between) loaded for this evaluation only."""
+        pi0 = self.pi0_model if self.pi0_model is not None else _load_causal(self.cfg.policy)
+        _eval_stage(self.cfg, self.pf, model_dir, pi0, baseline, rd)
+
+    def job(self, stage: str, t: int, **paths: str | None) -> bool:
+        """Run ``stage`` of round ``t`` as its own launched job when the config's ``launch`` names it."""
+        spec = self.cfg.launch.of(stage)
+        if spec is None:
+            return False
+        run_stage_job(spec, stage, t, stage_command(self.root / CONFIG_NAME, stage, t, **paths), self.say)
+        return True
+
+
+def _check_same_run(root: Path, dumped: dict[str, Any]) -> None:
+    saved = root / CONFIG_NAME
+    if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
+        raise ConfigError(
+            f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
+        )
+
+
+def _save_config(root: Path, dumped: dict[str, Any]) -> None:
+    saved = root / CONFIG_NAME
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(saved.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
+    tmp.replace(saved)
+
+
+def _data_stages(run: _Run, rd: Path, t: int, model: str, prompt_set: Any) -> Any:
+    """Round ``t``'s training data: the offline baseline's, or prompts → samples of π_{t-1} → scores; then the
+    pairs (or accepted samples). Returns the prompt set (loaded once, reused by later rounds)."""
+    cfg, pf, say = run.cfg, run.pf, run.say
+    selected = [rd / "train_data.jsonl", rd / "selection.json"]
+    if cfg.offline is not None and run.todo(rd, t, "pairs", selected):  # the offline baseline
+        on_main(lambda: _offline_stage(cfg, rd))
+        run.done(t, "pairs")
+    if cfg.offline is None:
+        if run.todo(rd, t, "prompts", [rd / "prompts.jsonl"]):
+            prompt_set = on_main(lambda ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
+            run.done(t, "prompts")
+        samples = [rd / "samples.jsonl", rd / "generation.json"]
+        if run.todo(rd, t, "samples", samples, [rd / "prompts.jsonl", *run.model_input(model)]):  # every process
+            # (of the job) samples its shard of the prompts
+            if not run.job("generate", t, model=model):
+                generate_stage(cfg, rd, t, model, cfg.policy, say)
+            run.done(t, "samples")
+        if run.todo(rd, t, "scored", [rd / "scored.jsonl", rd / "scoring.json"], [rd / "samples.jsonl"]):
+            # every process (of the job) scores its shard of the samples
+            if not run.job("score", t):
+                _score_stage(cfg, pf, rd, t)
+            run.done(t, "scored")
+    optional = [rd / "accepted.jsonl", rd / "policy_samples.jsonl"]
+    if cfg.offline is None and run.todo(rd, t, "pairs", selected, [rd / "scored.jsonl"], optional):  # or accepted
+
+        def select() -> None:
+            _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
+            write_json(rd / "selection.json", info)
+            say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
+
+        on_main(select)
+        run.done(t, "pairs")
+    return prompt_set
+
+
+def _train_stage(run: _Run, rd: Path, t: int, model: str) -> str:
+    """Round ``t``'s training (warm start from π_{t-1}, or from π_0 on the union of all rounds' data); returns
+    π_t's model folder."""
+    cfg, pi0 = run.cfg, run.cfg.policy
+    if cfg.start == "retrain_union":
+        data_path = rd / "union_train_data.jsonl"
+        own = cfg.pairs.mode == OWN_SAMPLES
+
+        def union() -> None:
+            for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
+                # (rewritten every time: a round's file redone is in the union too; same rows, same file)
+                rows = [row for s in range(1, t + 1) for row in read_rows(run.root / f"round_{s}" / name)]
+                write_rows(rd / f"union_{name}", rows)
+
+        on_main(union)
+        init = pi0
+    else:
+        data_path, init = rd / "train_data.jsonl", model
+    ref = pi0 if cfg.reference == "initial" else model
+    tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
+    names = ("train_data.jsonl", "policy_samples.jsonl") if cfg.pairs.mode == OWN_SAMPLES else ("train_data.jsonl",)
+    rounds = range(1, t + 1) if cfg.start == "retrain_union" else (t,)
+    inputs = [run.root / f"round_{s}" / n for s in rounds for n in names]
+    inputs += run.model_input(init) + run.model_input(ref)
+    if not run.todo(rd, t, "train", [rd / "training.json", rd / "train" / "model"], inputs):
+        return train_or_reuse(tcfg, say=run.say, quiet=run.quiet)["model_dir"]  # reuses the finished run
+    t0 = time.perf_counter()
+    if run.job("train", t, init=init, reference=ref, data=str(data_path)):
+        summary = read_json(Path(tcfg.run.output_dir) / "summary.json")
+    else:
+        summary = train_or_reuse(tcfg, say=run.say, quiet=run.quiet or not run.main)
+    seconds = time.perf_counter() - t0
+
+    def trained() -> None:
+        record = {
+            "seconds": seconds,
+            "init": init,
+            "reference": ref,
+            "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
+            "pi0_fingerprint": run.pi0_fp,
+            "steps": summary["steps"],
+            "train": summary.get("train", {}),
+            "eval": summary.get("eval", {}),
+        }
+        write_json(rd / "training.json", record)
+
+    on_main(trained)
+    run.done(t, "train")
+    return summary["model_dir"]

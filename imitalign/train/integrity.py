@@ -69,7 +69,8 @@ def step_grad_norm(accelerator: Any, params: Iterable[torch.Tensor], max_grad_no
 def weights_finite(model: torch.nn.Module, accelerator: Any = None) -> bool:
     """Whether every parameter of ``model`` is finite (one host sync); with an ``accelerator`` of several
     processes, on all of them (sharded weights: each process checks its shard; the answer is the same on all)."""
-    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
+    local = [p.detach().to_local() if hasattr(p, "to_local") else p.detach() for p in model.parameters()]  # (FSDP)
+    flags = [torch.isfinite(t).all() for t in local]
     bad = (~torch.stack(flags).all()).float() if flags else torch.zeros(())
     if accelerator is not None and accelerator.num_processes > 1:
         bad = accelerator.reduce(bad.to(accelerator.device), "sum")
