@@ -353,7 +353,7 @@ def test_a_kill_between_a_stage_files_and_its_manifest_redoes_the_stage(tiny_loo
     out = tmp_path / "loop"
     path = loop_yaml(tiny_loop, out)
     killed = subprocess.run([sys.executable, "-m", "imitalign.cli", "iterate", str(path)],
-                            env=env(IMITALIGN_FAULT="stage:scored:sealing"), capture_output=True, text=True,
+                            env=env(IMITALIGN_KILL_AT="stage:scored:sealing"), capture_output=True, text=True,
                             timeout=300)
     assert killed.returncode == 137, killed.stderr[-2000:]
     rd = out / "round_1"
