@@ -100,7 +100,7 @@ def make_spec(name: str, arm: dict[str, Any], paths: dict[str, str], args: argpa
     return {"name": name, "kind": arm["kind"], "params": {k: v for k, v in arm.items() if k != "kind"},
             **paths, "seed": args.seed, "lr": args.lr, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "queries": args.queries, "seconds": args.seconds,
-            "checkpoints": args.checkpoints, "eval_n": args.eval_n, "eval_seed": 1234}
+            "clock": args.clock, "checkpoints": args.checkpoints, "eval_n": args.eval_n, "eval_seed": 1234}
 
 
 def run_subprocess(spec: dict[str, Any], arm_dir: Path) -> dict[str, Any]:
@@ -130,17 +130,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny gym, one or two steps per arm")
     ap.add_argument("--out", default="runs/bench_online", help="run folder (π_0 is cached in OUT/base)")
     ap.add_argument("--arms", default=None, help="comma-separated subset of the arms")
-    ap.add_argument("--queries", type=int, default=None, help="reward-query budget per arm (default 4096)")
-    ap.add_argument("--seconds", type=float, default=None, help="wall-clock budget per arm (default 150)")
-    ap.add_argument("--checkpoints", type=int, default=None, help="checkpoints evaluated per arm (default 6)")
+    ap.add_argument("--queries", type=int, default=None, help="reward-query budget per arm (default 3072)")
+    ap.add_argument("--seconds", type=float, default=None, help="wall-clock budget per arm (default 120, on --clock)")
+    ap.add_argument("--checkpoints", type=int, default=None, help="checkpoints evaluated per arm (default 5)")
     ap.add_argument("--eval-n", type=int, default=None, help="eval samples per held-out prompt (default 4)")
+    ap.add_argument("--clock", choices=("cpu_seconds", "seconds"), default="cpu_seconds",
+                    help="the clock of the budget, the tables and the plot: process CPU seconds (default: robust to "
+                         "other load on a shared machine; equal to wall seconds on an idle core) or wall seconds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     defaults = {"queries": 32, "seconds": 60.0, "checkpoints": 1, "eval_n": 2} if args.quick else \
-        {"queries": 4096, "seconds": 150.0, "checkpoints": 6, "eval_n": 4}
+        {"queries": 3072, "seconds": 120.0, "checkpoints": 5, "eval_n": 4}
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -168,10 +171,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{last['gold_reward']['mean']:.4f} ± {last['gold_reward']['se']:.4f} (load {res['load_before']:.1f}"
               f"→{res['load_after']:.1f})", flush=True)
         results.append(res)
-    tables = summary_tables(results[1:], results[0])
+    tables = summary_tables(results[1:], results[0], args.clock)
     print(tables, flush=True)
     (out / "table.md").write_text(tables + "\n")
-    plot_curves(results[1:], out / "online_curves.png")
+    plot_curves(results[1:], out / "online_curves.png", args.clock)
     record = {"args": vars(args), "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
               "wall_seconds": time.perf_counter() - t0, "arms": results}
     for r in record["arms"]:

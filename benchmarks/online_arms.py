@@ -23,8 +23,14 @@ from pathlib import Path
 from typing import Any
 
 
-def _now(t0: float, c0: float, paused: float = 0.0) -> dict[str, float]:
-    return {"seconds": time.perf_counter() - t0 - paused, "cpu_seconds": time.process_time() - c0}
+def cpu_time() -> float:
+    """CPU seconds of this process and of its finished children (stages that may run in subprocesses count)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _now(t0: float, c0: float, paused: float = 0.0, paused_cpu: float = 0.0) -> dict[str, float]:
+    return {"seconds": time.perf_counter() - t0 - paused, "cpu_seconds": cpu_time() - c0 - paused_cpu}
 
 
 def _load(path: str) -> tuple[Any, Any]:
@@ -49,7 +55,7 @@ def iterate_raw(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         "rounds": rounds,
         "prompts": {"source": {"path": spec["prompts"]}, "per_round": p["per_round"]},
         "generate": {"k": p["k"], "temperature": spec["temperature"], "max_new_tokens": spec["max_new_tokens"],
-                     "batch_size": p.get("gen_batch", 64)},
+                     "batch_size": p.get("gen_batch", 512)},
         "reward": {"kind": "gold"},
         "pairs": {"mode": "max_min"},
         "train": {
@@ -67,7 +73,7 @@ def run_iterate_arm(spec: dict[str, Any], arm_dir: Path) -> list[dict[str, Any]]
 
     raw = iterate_raw(spec, arm_dir / "iterate")
     p = spec["params"]
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), cpu_time()
     cfg = parse_iterate_config(raw, spec["name"])
     points: list[dict[str, Any]] = []
 
@@ -76,8 +82,8 @@ def run_iterate_arm(spec: dict[str, Any], arm_dir: Path) -> list[dict[str, Any]]
             return
         model = arm_dir / "iterate" / f"round_{t}" / "train" / "model"
         points.append({"step": t, "queries": t * p["per_round"] * p["k"], **_now(t0, c0), "model": str(model)})
-        if points[-1]["seconds"] >= spec["seconds"]:
-            raise Interrupted(f"time budget {spec['seconds']} s spent after round {t}")
+        if points[-1][spec["clock"]] >= spec["seconds"]:
+            raise Interrupted(f"time budget {spec['seconds']} s ({spec['clock']}) spent after round {t}")
 
     try:
         run_iterate(cfg, on_stage=on_stage, say=lambda m: print(f"[{spec['name']}] {m}", flush=True))
@@ -98,7 +104,8 @@ def trl_trainer(spec: dict[str, Any], model: Any, tok: Any, reward: Any, callbac
     p = spec["params"]
     data = Dataset.from_list([{"prompt": r["prompt"]} for r in read_jsonl(spec["prompts"])])
     common = {
-        "output_dir": str(out), "learning_rate": spec["lr"], "max_steps": max(1, spec["queries"] // p["queries_per_step"]),
+        "output_dir": str(out), "learning_rate": spec["lr"],
+        "max_steps": max(1, spec["queries"] // p["queries_per_step"]),
         "logging_steps": 10**6, "report_to": "none", "save_strategy": "no", "bf16": False, "use_cpu": True,
         "gradient_checkpointing": False, "disable_tqdm": True, "seed": spec["seed"], "temperature": spec["temperature"],
     }
@@ -131,7 +138,7 @@ def run_trl_arm(spec: dict[str, Any], arm_dir: Path) -> list[dict[str, Any]]:
 
     from imitalign.gym.build import gold_rewards
 
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0, c0 = time.perf_counter(), cpu_time()
     queries = [0]
 
     def gold(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
@@ -140,22 +147,24 @@ def run_trl_arm(spec: dict[str, Any], arm_dir: Path) -> list[dict[str, Any]]:
 
     points: list[dict[str, Any]] = []
     grid = spec["checkpoints"]
-    state = {"paused": 0.0, "next_q": spec["queries"] / grid, "next_s": spec["seconds"] / grid}
+    state = {"paused": 0.0, "paused_cpu": 0.0, "next_q": spec["queries"] / grid, "next_s": spec["seconds"] / grid}
 
     class Snapshots(TrainerCallback):
         def on_step_end(self, args: Any, st: Any, control: Any, model: Any = None, **kw: Any) -> None:
-            now = _now(t0, c0, state["paused"])
-            last = now["seconds"] >= spec["seconds"] or st.global_step >= st.max_steps
-            if last or queries[0] >= state["next_q"] or now["seconds"] >= state["next_s"]:
-                t = time.perf_counter()
+            now = _now(t0, c0, state["paused"], state["paused_cpu"])
+            spent = now[spec["clock"]] >= spec["seconds"]
+            if spent or st.global_step >= st.max_steps or queries[0] >= state["next_q"] or \
+                    now[spec["clock"]] >= state["next_s"]:
+                t, c = time.perf_counter(), cpu_time()
                 weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 points.append({"step": st.global_step, "queries": queries[0], **now, "weights": weights})
                 while state["next_q"] <= queries[0]:
                     state["next_q"] += spec["queries"] / grid
-                while state["next_s"] <= now["seconds"]:
+                while state["next_s"] <= now[spec["clock"]]:
                     state["next_s"] += spec["seconds"] / grid
                 state["paused"] += time.perf_counter() - t
-            if now["seconds"] >= spec["seconds"]:
+                state["paused_cpu"] += cpu_time() - c
+            if spent:
                 control.should_training_stop = True
 
     model, tok = _load(spec["sft"])

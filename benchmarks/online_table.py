@@ -41,11 +41,14 @@ def is_peer(result: dict[str, Any]) -> bool:
     return result["kind"] not in ("iterate", "pi0")
 
 
-def main_table(results: list[dict[str, Any]], pi0: dict[str, Any]) -> str:
-    s_eq = min(r["points"][-1]["seconds"] for r in results)
+CLOCKS = {"cpu_seconds": "CPU s", "seconds": "wall s"}
+
+
+def main_table(results: list[dict[str, Any]], pi0: dict[str, Any], clock: str = "cpu_seconds") -> str:
+    s_eq = min(r["points"][-1][clock] for r in results)
     q_eq = min(r["points"][-1]["queries"] for r in results)
-    head = (f"| arm | queries | train s (cpu s) | load | final gold | KL(π‖π_0) | dist-2 | win vs π_0 | "
-            f"gold @ {s_eq:.0f} s | gold @ {q_eq} queries |")
+    head = (f"| arm | queries | train CPU s (wall s) | load | final gold | KL(π‖π_0) | dist-2 | win vs π_0 | "
+            f"gold @ {s_eq:.0f} {CLOCKS[clock]} | gold @ {q_eq} queries |")
     lines = [head, "|" + "---|" * 10]
     p0 = pi0["points"][0]
     lines.append(f"| π_0 (SFT) | 0 | 0 | – | {_ms(p0['gold_reward'])} | 0 | {p0['distinct_2']:.3f} | – | "
@@ -54,15 +57,15 @@ def main_table(results: list[dict[str, Any]], pi0: dict[str, Any]) -> str:
         last = r["points"][-1]
         load = f"{r['load_before']:.1f}→{r['load_after']:.1f}"
         lines.append(
-            f"| {r['name']} | {last['queries']} | {last['seconds']:.0f} ({last['cpu_seconds']:.0f}) | {load} | "
+            f"| {r['name']} | {last['queries']} | {last['cpu_seconds']:.0f} ({last['seconds']:.0f}) | {load} | "
             f"{_ms(last['gold_reward'])} | {_ms(last.get('kl_to_reference'), 2)} | {last['distinct_2']:.3f} | "
-            f"{_ms(last.get('win_rate_vs_baseline'))} | {_ms(at(r['points'], 'seconds', s_eq)['gold_reward'])} | "
+            f"{_ms(last.get('win_rate_vs_baseline'))} | {_ms(at(r['points'], clock, s_eq)['gold_reward'])} | "
             f"{_ms(at(r['points'], 'queries', q_eq)['gold_reward'])} |"
         )
     return "\n".join(lines)
 
 
-def ratio_table(results: list[dict[str, Any]]) -> str:
+def ratio_table(results: list[dict[str, Any]], clock: str = "cpu_seconds") -> str:
     """Per imitalign arm and TRL peer: seconds (and queries) the imitalign arm needs to first reach the peer's
     final mean gold reward, over the peer's seconds (queries) to its final checkpoint. < 1: imitalign faster."""
     peers = [r for r in results if is_peer(r)]
@@ -80,23 +83,23 @@ def ratio_table(results: list[dict[str, Any]]) -> str:
             if hit is None:
                 cells.append(f"not reached (best {max(q['gold_reward']['mean'] for q in a['points']):.3f})")
             else:
-                s = hit["seconds"] / plast["seconds"] if plast["seconds"] else math.inf
+                s = hit[clock] / plast[clock] if plast[clock] else math.inf
                 q = hit["queries"] / plast["queries"] if plast["queries"] else math.inf
-                cells.append(f"×{s:.2f} s, ×{q:.2f} queries")
+                cells.append(f"×{s:.2f} time, ×{q:.2f} queries")
         lines.append(f"| {a['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def summary_tables(results: list[dict[str, Any]], pi0: dict[str, Any]) -> str:
-    parts = [main_table(results, pi0)]
-    ratios = ratio_table(results)
+def summary_tables(results: list[dict[str, Any]], pi0: dict[str, Any], clock: str = "cpu_seconds") -> str:
+    parts = [main_table(results, pi0, clock)]
+    ratios = ratio_table(results, clock)
     if ratios:
-        parts += ["", "Seconds / queries imitalign needs to reach each peer's final gold reward (ratio to the peer's):",
-                  "", ratios]
+        parts += ["", f"{CLOCKS[clock]} and queries imitalign needs to reach each peer's final gold reward, as a "
+                      "ratio to the peer's own:", "", ratios]
     return "\n".join(parts)
 
 
-def plot_curves(results: list[dict[str, Any]], path: Path) -> Path:
+def plot_curves(results: list[dict[str, Any]], path: Path, clock: str = "cpu_seconds") -> Path:
     """Gold reward (mean ± se) against training seconds and against reward queries, one line per arm."""
     import matplotlib
 
@@ -108,10 +111,10 @@ def plot_curves(results: list[dict[str, Any]], path: Path) -> Path:
         style = "--" if is_peer(r) else "-"
         ys = [p["gold_reward"]["mean"] for p in r["points"]]
         es = [p["gold_reward"]["se"] or 0.0 for p in r["points"]]
-        for ax, axis in zip(axes, ("seconds", "queries"), strict=True):
+        for ax, axis in zip(axes, (clock, "queries"), strict=True):
             ax.errorbar([p[axis] for p in r["points"]], ys, yerr=es, linestyle=style, marker="o", markersize=3,
                         capsize=2, label=r["name"])
-    axes[0].set_xlabel("training wall-clock seconds (eval excluded)")
+    axes[0].set_xlabel(f"training {CLOCKS[clock]} (eval excluded)")
     axes[1].set_xlabel("reward queries (rows scored by r*)")
     axes[0].set_ylabel("held-out gold reward r* (mean ± se over prompts)")
     axes[1].legend(fontsize=7, loc="lower right")
