@@ -120,23 +120,27 @@ def _response_tokens(batch: dict[str, torch.Tensor]) -> int:
 
 
 class _MetricMean:
-    """Example-weighted means of metric dicts (tensors stay on device until logging)."""
+    """Weighted means of metric dicts (tensors stay on device until logging): weighted by examples, or by the
+    dict's own weight ``steps.WEIGHT_KEY`` when it has one (token objectives: response tokens)."""
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.weight = 0.0
+        self.weight: float | torch.Tensor = 0.0
 
     def add(self, metrics: dict[str, torch.Tensor], weight: float) -> None:
+        metrics = dict(metrics)
+        weight = metrics.pop(steps.WEIGHT_KEY, weight)
         for k, v in metrics.items():
             v = v.detach().float() * weight
             self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.weight += weight
+        self.weight = self.weight + weight
 
     def result(self, accelerator: Accelerator) -> dict[str, float]:
         if not self.sums:
             return {}
         keys = sorted(self.sums)
-        vec = torch.stack([self.sums[k] for k in keys] + [torch.tensor(self.weight, device=self.sums[keys[0]].device)])
+        weight = torch.as_tensor(self.weight, dtype=torch.float32, device=self.sums[keys[0]].device)
+        vec = torch.stack([self.sums[k] for k in keys] + [weight])
         vec = accelerator.reduce(vec, "sum") if accelerator.num_processes > 1 else vec
         vals = (vec[:-1] / vec[-1].clamp(min=1e-12)).tolist()
         return dict(zip(keys, vals, strict=True))

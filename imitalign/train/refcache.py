@@ -9,7 +9,13 @@ The key is a SHA-256 of
   folder's files plus its ``config.json``;
 - the **data**: a hash of the token ids of every example (prompt, chosen, rejected, in order) — so any change
   of data file, chat template, truncation or tokenizer that changes a token changes the key;
-- the **numerics**: weight dtype, mixed precision, attention implementation, cache format.
+- the **numerics**: weight dtype, mixed precision, attention implementation, cache format;
+- the **code**: :func:`engine_version`, a hash of the source of the modules that compute the log-probs (the
+  engine, packing, collation, the step and reference passes) and the torch and transformers versions. A hash,
+  not a hand-bumped constant: the entries it protects against are the ones nobody knew were wrong — a
+  regression in the reference pass would not have bumped a constant, and would have hidden behind entries
+  computed by the code before it. The price is a recomputation (one forward pass over the data) after any
+  edit of those files, comments included.
 
 The reference *mode* is not part of the key: the weights hash already says what the reference is (the
 adapter-disabled base under LoRA hashes like the same base without LoRA).
@@ -22,6 +28,7 @@ holds non-finite values is reported in the log and recomputed — never used.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -109,12 +116,48 @@ def hash_token_rows(items: Iterable[Any]) -> str:
     return h.hexdigest()
 
 
+ENGINE_MODULES = (  # what computes a reference log-prob, from token ids to the [n, 2] tensor
+    "imitalign.model.logprobs",
+    "imitalign.model.packing",
+    "imitalign.data.collate",
+    "imitalign.train.steps",
+    "imitalign.train.reference",
+)
+
+
+def source_hash(paths: Iterable[str | Path], extra: str = "") -> str:
+    """SHA-256 of the files' bytes (in the order given) and ``extra``."""
+    h = hashlib.sha256(extra.encode())
+    for p in paths:
+        data = Path(p).read_bytes()
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+@functools.cache
+def engine_version() -> str:
+    """The version of the log-prob code in the cache key: :func:`source_hash` of ``ENGINE_MODULES`` and the
+    torch and transformers versions (computed once per process)."""
+    import importlib.util
+
+    import transformers
+
+    paths = []
+    for name in ENGINE_MODULES:
+        spec = importlib.util.find_spec(name)
+        assert spec is not None and spec.origin is not None, name
+        paths.append(spec.origin)
+    return source_hash(paths, extra=f"torch {torch.__version__} transformers {transformers.__version__}")
+
+
 def reference_fingerprint(
     *, weights: str, data: str, n: int, dtype: str, mixed_precision: str, attn: str | None
 ) -> dict[str, Any]:
     """The parts of a cache key (stored beside the entry, so a mismatch can be explained)."""
     return {
         "format": FORMAT_VERSION,
+        "engine": engine_version(),
         "weights": weights,
         "data": data,
         "n": n,

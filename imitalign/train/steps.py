@@ -97,9 +97,33 @@ def token_loss(
         none = lp.token_logps.new_zeros(0, 1)
         extra = {"policy_token_logps": none, "policy_token_mask": none.bool(), "policy_token_values": none}
     losses, metrics = fn(lp.token_logps, lp.token_mask, lp.token_values, num_tokens=step_tokens / world, **extra)
+    metrics = per_token_metrics(metrics, lp.token_mask, weights, step_tokens=step_tokens, world=world)
     if own is not None:
         weights = torch.cat([weights, weights.new_ones(losses.shape[0] - weights.shape[0])])
     return (losses * weights).sum(), metrics
+
+
+WEIGHT_KEY = "_weight"  # a metric dict's own averaging weight (read by the loop's metric mean), never logged
+
+
+def per_token_metrics(
+    metrics: dict[str, Tensor], token_mask: Tensor, weights: Tensor, *, step_tokens: int, world: int
+) -> dict[str, Tensor]:
+    """A token objective's metrics made averageable over micro-batches, processes and steps by token weight.
+
+    The objective's ``loss`` is this micro-batch's *share* of the step loss (normalised by the step's token
+    count ``N``, not the micro-batch's ``n``): it becomes the micro-batch's per-token mean ``loss · (N/W) / n``;
+    ``tokens`` becomes the step's response tokens ``N``; and the weight is ``n`` (0 for a zero-weight stand-in).
+    The token-weighted mean over the micro-batches of a step (and over processes) is then exactly the step's
+    loss ``Σ ℓ_t / N`` — the logged ``train/loss`` does not depend on ``grad_accum`` or the number of processes
+    — and the per-token means (``nll``, ``td_penalty``, ...) become per-token means of the step."""
+    n = (token_mask.sum(dim=-1).to(weights.dtype) * weights).sum()
+    out = dict(metrics)
+    out["loss"] = metrics["loss"] * (step_tokens / world) / token_mask.sum().clamp(min=1)
+    if "tokens" in out:
+        out["tokens"] = torch.full_like(metrics["tokens"], float(step_tokens))
+    out[WEIGHT_KEY] = n
+    return out
 
 
 @torch.no_grad()
