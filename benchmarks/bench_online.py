@@ -100,7 +100,8 @@ def make_spec(name: str, arm: dict[str, Any], paths: dict[str, str], args: argpa
     return {"name": name, "kind": arm["kind"], "params": {k: v for k, v in arm.items() if k != "kind"},
             **paths, "seed": args.seed, "lr": args.lr, "temperature": 1.0, "max_new_tokens": args.max_new_tokens,
             "threads": args.threads, "queries": args.queries, "seconds": args.seconds,
-            "clock": args.clock, "checkpoints": args.checkpoints, "eval_n": args.eval_n, "eval_seed": 1234}
+            "clock": args.clock, "gpu": args.gpu, "checkpoints": args.checkpoints, "eval_n": args.eval_n,
+            "eval_seed": 1234}
 
 
 def run_subprocess(spec: dict[str, Any], arm_dir: Path) -> dict[str, Any]:
@@ -137,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--clock", choices=("cpu_seconds", "seconds"), default="cpu_seconds",
                     help="the clock of the budget, the tables and the plot: process CPU seconds (default: robust to "
                          "other load on a shared machine; equal to wall seconds on an idle core) or wall seconds")
+    ap.add_argument("--gpu", action="store_true",
+                    help="GPU node: every arm generates with vLLM (iterate: generate.backend vllm; TRL: use_vllm, "
+                         "colocate), trains and evaluates on the GPU; use with --clock seconds")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--max-new-tokens", type=int, default=32)

@@ -38,7 +38,8 @@ def _load(path: str) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model.eval(), AutoTokenizer.from_pretrained(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), AutoTokenizer.from_pretrained(path)
 
 
 # ------------------------------------------------------------------------------------------ imitalign iterate
@@ -55,7 +56,7 @@ def iterate_raw(spec: dict[str, Any], out: Path) -> dict[str, Any]:
         "rounds": rounds,
         "prompts": {"source": {"path": spec["prompts"]}, "per_round": p["per_round"]},
         "generate": {"k": p["k"], "temperature": spec["temperature"], "max_new_tokens": spec["max_new_tokens"],
-                     "batch_size": p.get("gen_batch", 512)},
+                     "batch_size": p.get("gen_batch", 512), "backend": "vllm" if spec.get("gpu") else "transformers"},
         "reward": {"kind": "gold"},
         "pairs": {"mode": "max_min"},
         "train": {
@@ -94,9 +95,10 @@ def run_iterate_arm(spec: dict[str, Any], arm_dir: Path) -> list[dict[str, Any]]
 
 # ------------------------------------------------------------------------------------------ TRL
 def trl_trainer(spec: dict[str, Any], model: Any, tok: Any, reward: Any, callback: Any, out: Path) -> Any:
-    """The TRL trainer of an arm, configured for this CPU comparison: fp32 (``bf16=False``), no gradient
-    checkpointing (both on by default in TRL's configs), the arm's lr, temperature and completion length, no
-    saving or reporting; ``max_steps`` from the query budget. Everything else is TRL's default."""
+    """The TRL trainer of an arm: fp32 (``bf16=False``), no gradient checkpointing (both on by default in TRL's
+    configs), the arm's lr, temperature and completion length, no saving or reporting; ``max_steps`` from the
+    query budget; on CPU (``use_cpu``), or with ``spec["gpu"]`` on the GPU with vLLM colocated for generation
+    (``use_vllm``, ``vllm_mode="colocate"``, 30 % of the GPU memory). Everything else is TRL's default."""
     from datasets import Dataset
 
     from imitalign.gym.build import read_jsonl
@@ -106,7 +108,9 @@ def trl_trainer(spec: dict[str, Any], model: Any, tok: Any, reward: Any, callbac
     common = {
         "output_dir": str(out), "learning_rate": spec["lr"],
         "max_steps": max(1, spec["queries"] // p["queries_per_step"]),
-        "logging_steps": 10**6, "report_to": "none", "save_strategy": "no", "bf16": False, "use_cpu": True,
+        "logging_steps": 10**6, "report_to": "none", "save_strategy": "no", "bf16": False,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3} if spec.get("gpu")
+           else {"use_cpu": True}),
         "gradient_checkpointing": False, "disable_tqdm": True, "seed": spec["seed"], "temperature": spec["temperature"],
     }
     kind = spec["kind"]
