@@ -87,14 +87,13 @@ def data_preview(
     set_: SetOpt = None,
 ) -> None:
     """Render the first examples with the prompt/response boundary, and the truncation/drop counts."""
-    from imitalign import objectives
     from imitalign.config import load_config
     from imitalign.data.preview import preview
     from imitalign.model.load import load_tokenizer
-    from imitalign.train.loop import DATA_KIND
+    from imitalign.train.kinds import data_kind
 
     cfg = load_config(config, set_ or [])
-    kind = DATA_KIND.get(objectives.get(cfg.objective.name).kind, "preference")
+    kind = data_kind(cfg.objective.name)
     typer.echo(preview(cfg.data, load_tokenizer(cfg.model), kind, n=n))
 
 

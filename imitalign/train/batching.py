@@ -58,3 +58,17 @@ def plan_step(
         if chunk:
             micro.append(chunk[rank::world])
     return StepPlan(micro=micro, n_examples=len(step_indices))
+
+
+def policy_order(n: int, seed: int, step: int, global_batch: int) -> list[int]:
+    """The policy's own samples (online IQLearn) of optimiser step ``step``: positions ``step·G … step·G + G − 1``
+    of an endless sequence of seeded permutations of ``range(n)`` (a pure function of the step, so resume is
+    exact)."""
+    perms: dict[int, list[int]] = {}
+    out = []
+    for q in range(step * global_batch, (step + 1) * global_batch):
+        cycle, k = divmod(q, n)
+        if cycle not in perms:
+            perms[cycle] = epoch_order(n, seed + 7_919, cycle)
+        out.append(perms[cycle][k])
+    return out

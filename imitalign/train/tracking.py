@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from imitalign.train.steps import WEIGHT_KEY
+
 log = logging.getLogger(__name__)
 
 
@@ -69,3 +71,30 @@ class Throughput:
         rate = self.tokens / dt if dt > 0 else 0.0
         self.tokens, self.t0 = 0, time.perf_counter()
         return rate
+
+
+class MetricMean:
+    """Weighted means of metric dicts (tensors stay on device until logging): weighted by examples, or by the
+    dict's own weight ``steps.WEIGHT_KEY`` when it has one (token objectives: response tokens)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.weight: float | torch.Tensor = 0.0
+
+    def add(self, metrics: dict[str, torch.Tensor], weight: float) -> None:
+        metrics = dict(metrics)
+        weight = metrics.pop(WEIGHT_KEY, weight)
+        for k, v in metrics.items():
+            v = v.detach().float() * weight
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+        self.weight = self.weight + weight
+
+    def result(self, accelerator: Any) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        weight = torch.as_tensor(self.weight, dtype=torch.float32, device=self.sums[keys[0]].device)
+        vec = torch.stack([self.sums[k] for k in keys] + [weight])
+        vec = accelerator.reduce(vec, "sum") if accelerator.num_processes > 1 else vec
+        vals = (vec[:-1] / vec[-1].clamp(min=1e-12)).tolist()
+        return dict(zip(keys, vals, strict=True))
