@@ -13,7 +13,9 @@ Needs ``pip install -e ".[bench]"`` (TRL ≥ 1.16). Nothing is downloaded. Setup
   (prompt, response) scored by it;
 - sampling temperature 1.0 and at most 32 new tokens in training and evaluation; fp32; lr 5e-4; ``--threads``
   intra-op threads (default 1, the gym's setting: tiny models run fastest on one thread); every arm in its own
-  subprocess, one after the other, with the 1-minute load average recorded before and after it.
+  subprocess, one after the other, with the 1-minute load average recorded before and after it, and with an
+  empty reference-log-prob cache of its own (``IMITALIGN_CACHE``; a rerun of the same seed would otherwise
+  skip iterate's reference passes through the cache of the earlier run).
 
 Arms (``ARMS``): imitalign ``iterate`` (K samples per prompt from π_{t−1}, best vs worst, DPO β 0.1 or
 DIL-LSIF / DIL-BCE, 2 epochs of batch 16 per round, warm start, reference π_0) with K ∈ {2, 4, 8} and rounds of
@@ -42,6 +44,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -108,7 +111,10 @@ def run_subprocess(spec: dict[str, Any], arm_dir: Path) -> dict[str, Any]:
     """Run one arm in a fresh process; its result plus the load average around it and its CPU time."""
     arm_dir.mkdir(parents=True, exist_ok=True)
     (arm_dir / "spec.json").write_text(json.dumps(spec, indent=1))
+    cache = arm_dir / "cache"  # imitalign's reference-log-prob cache, empty: no hit from an earlier run of the arm
+    shutil.rmtree(cache, ignore_errors=True)
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+           "IMITALIGN_CACHE": str(cache),
            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": os.pathsep.join([str(HERE.parent),
                                                                              os.environ.get("PYTHONPATH", "")])}
     load0, t0 = os.getloadavg()[0], time.perf_counter()
