@@ -135,6 +135,7 @@ def run_subprocess(spec: dict[str, Any], arm_dir: Path) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: tiny gym, one or two steps per arm")
+    ap.add_argument("--report", action="store_true", help="only rebuild the tables and plot from OUT/arms/*")
     ap.add_argument("--out", default="runs/bench_online", help="run folder (π_0 is cached in OUT/base)")
     ap.add_argument("--arms", default=None, help="comma-separated subset of the arms")
     ap.add_argument("--queries", type=int, default=None, help="reward-query budget per arm (default 3072)")
@@ -160,9 +161,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def report(out: Path, clock: str) -> str:
+    """Tables and plot from the arms already in ``out/arms`` (e.g. arms run by several invocations; each
+    arm's load is then the mean load its own process saw while training)."""
+    results = []
+    for path in sorted(out.glob("arms/*/result.json")):
+        r = json.loads(path.read_text())
+        r.setdefault("load_before", r["train_load"])
+        r.setdefault("load_after", r["train_load"])
+        results.append(r)
+    pi0 = next(r for r in results if r["kind"] == "pi0")
+    arms = [r for r in results if r["kind"] != "pi0"]
+    tables = summary_tables(arms, pi0, clock)
+    (out / "table.md").write_text(tables + "\n")
+    plot_curves(arms, out / "online_curves.png", clock)
+    return tables
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     out = Path(args.out)
+    if args.report:
+        print(report(out, args.clock))
+        return {}
     catalogue = QUICK_ARMS if args.quick else ARMS
     names = list(catalogue) if not args.arms else args.arms.split(",")
     unknown = [n for n in names if n not in catalogue]
