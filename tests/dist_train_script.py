@@ -1,5 +1,5 @@
-"""Run by tests/test_distributed.py: one training run from a JSON config (``python ... CONFIG.json``), alone
-or under ``accelerate launch --num_processes N --cpu``."""
+"""Run by tests/test_distributed.py: training runs from JSON configs, one after the other in the same processes
+(``python ... A.json [B.json ...]``), alone or under ``accelerate launch --multi_gpu --num_processes N``."""
 
 from __future__ import annotations
 
@@ -10,5 +10,6 @@ from imitalign.config import load_config
 from imitalign.train.loop import train
 
 if __name__ == "__main__":
-    cfg = load_config(None, raw=json.loads(open(sys.argv[1]).read()))
-    train(cfg, quiet=True)
+    for path in sys.argv[1:]:
+        cfg = load_config(None, raw=json.loads(open(path).read()))
+        train(cfg, quiet=True)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 
+from imitalign.experiments.quickstart import METHODS, run_quickstart
+from imitalign.gym.base import Plan
 from imitalign.gym.build import GymConfig
-from imitalign.gym.quickstart import METHODS, Plan, run_quickstart
 from imitalign.gym.tokenizer import tiny_llama_config
 
 TINY = Plan(

@@ -24,6 +24,7 @@ from imitalign.config import (
     read_yaml_mapping,
     validate_config,
 )
+from imitalign.loops.launch import LaunchConfig
 from imitalign.loops.pairs import DEMO_MODES, MODES
 from imitalign.loops.rejection import ACCEPTANCE, incremental_etas
 from imitalign.loops.stages import train_or_reuse
@@ -50,6 +51,7 @@ class GenerateConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     backend: Literal["transformers", "vllm", "auto"] = "transformers"
     dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)  # vllm: GPUs per engine (a model too large for one GPU)
     enhancer: EnhancerConfig | None = None
 
 
@@ -154,6 +156,7 @@ class IterateConfig(_Strict):
     start: Literal["warm", "retrain_union"] = "warm"
     eval: EvalConfig | None = None
     gym: GymSetup | None = None
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)  # stages run as their own jobs (loops/launch.py)
 
     @model_validator(mode="after")
     def _check(self) -> IterateConfig:
@@ -224,9 +227,9 @@ def read_iterate_config(path: str | Path, overrides: list[str] | None = None) ->
 
 
 def prepare_gym(setup: GymSetup, need_rm: bool, say: Callable[[str], None]) -> dict[str, str]:
-    """Gym, SFT model and offline pairs (``imitalign.gym.quickstart.prepare_base``), and a Bradley–Terry reward
+    """Gym, SFT model and offline pairs (``imitalign.gym.base.prepare_base``), and a Bradley–Terry reward
     model trained on the offline pairs when ``need_rm``; returns the placeholder values."""
-    from imitalign.gym.quickstart import FAST, FULL, gym_run_config, prepare_base
+    from imitalign.gym.base import FAST, FULL, gym_run_config, prepare_base
 
     plan = FAST if setup.plan == "fast" else FULL
     base = prepare_base(Path(setup.root), plan, setup.seed)
