@@ -6,7 +6,7 @@
 
 Needs ``pip install -e ".[bench]"`` (TRL ≥ 1.16). Nothing is downloaded. Setup, the same for every arm:
 
-- π_0 = the quickstart's SFT model (``imitalign.gym.quickstart.prepare_base`` with the ``FAST`` plan: the gym,
+- π_0 = the quickstart's SFT model (``imitalign.gym.base.prepare_base`` with the ``FAST`` plan: the gym,
   a tiny Llama pretrained on the base process), built once and cached under ``--out``;
 - training prompts: the gym's ``online_prompts.jsonl``; held-out prompts: ``eval_prompts.jsonl`` (disjoint);
 - the reward of every arm is the gold reward r* (``imitalign.gym.build.gold_rewards``); a *query* is one
@@ -77,8 +77,8 @@ QUICK_ARMS: dict[str, dict[str, Any]] = {
 
 def quick_plan() -> Any:
     """A gym small enough for a smoke test: 600 SFT rows, one epoch, a 1-layer model, 8 eval prompts."""
+    from imitalign.gym.base import Plan
     from imitalign.gym.build import GymConfig
-    from imitalign.gym.quickstart import Plan
     from imitalign.gym.tokenizer import tiny_llama_config
 
     return Plan(gym=GymConfig(n_sft=600, n_expert=8, n_pref_prompts=8, n_online_prompts=64, n_eval_prompts=8),
@@ -91,7 +91,7 @@ def prepare(out: Path, quick: bool, threads: int) -> dict[str, str]:
     """π_0 and the prompt files (built once, reused from ``out/base``)."""
     import torch
 
-    from imitalign.gym.quickstart import FAST, prepare_base
+    from imitalign.gym.base import FAST, prepare_base
 
     torch.set_num_threads(threads)
     base = prepare_base(out / "base", quick_plan() if quick else FAST, 0)
