@@ -119,6 +119,10 @@ class TrainConfig(_Strict):
     group_by_length: bool = False  # optimiser steps of similar-length examples (less padding; changes the order)
     chunk_tokens: int | None = None  # LM head + log-softmax over chunks of this many positions (memory)
     num_threads: int | None = None
+    # FSDP2 (torch's fully_shard, through accelerate's plugin): each decoder layer, then the whole engine;
+    # the same as launching with configs/accelerate/fsdp2.yaml. On CPU process groups (gloo), where accelerate
+    # ignores its FSDP plugin, imitalign engages it itself (imitalign.train.sharding)
+    fsdp: bool = False
 
 
 class RunConfig(_Strict):

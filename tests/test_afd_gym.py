@@ -6,10 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from imitalign.experiments.afd_bon import exp_bon
+from imitalign.experiments.afd_distill import exp_distill
+from imitalign.experiments.afd_selfplay import exp_selfplay
+from imitalign.experiments.afd_sft import exp_sft
+from imitalign.experiments.common import GymPlan
+from imitalign.experiments.iqlearn_frontier import exp_iqlearn
 from imitalign.gym.build import GymConfig
 from imitalign.gym.tokenizer import tiny_llama_config
 from imitalign.loops.afd import TrainSpec
-from imitalign.loops.afd_gym import GymPlan, exp_bon, exp_distill, exp_iqlearn, exp_selfplay, exp_sft
 
 TINY = GymPlan(
     gym=GymConfig(n_sft=400, n_expert=48, n_pref_prompts=0, n_online_prompts=16, n_eval_prompts=6),

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from imitalign.cli import app
 from imitalign.commands.afd import _styles
+from imitalign.experiments.afd_bon import order_share
+from imitalign.experiments.common import PLAN, STYLES, styles_suffix
 from imitalign.gym.build import (
     GymConfig,
     build_expert_variant,
@@ -34,7 +36,6 @@ from imitalign.gym.task import (
     sort_content,
     stylize,
 )
-from imitalign.loops.afd_gym import PLAN, STYLES, _suffix, order_share
 
 runner = CliRunner()
 
@@ -124,8 +125,8 @@ def test_styles_option_validates() -> None:
     for bad in ("", "foo", "plain,plain", "plain,shouty"):
         with pytest.raises(typer.BadParameter):
             _styles(bad)
-    assert _suffix(("plain", "style")) == "" and _suffix(("plain",)) == ""
-    assert _suffix(("sorted",)) == "_sorted" and _suffix(("plain", "sorted")) == "_plain_sorted"
+    assert styles_suffix(("plain", "style")) == "" and styles_suffix(("plain",)) == ""
+    assert styles_suffix(("sorted",)) == "_sorted" and styles_suffix(("plain", "sorted")) == "_plain_sorted"
     for cmd in ("gym-bon", "gym-sft"):
         result = runner.invoke(app, ["afd", cmd, "--styles", "shouty", "--out", "unused"])
         assert result.exit_code == 2 and "--styles takes distinct names" in result.output
@@ -133,7 +134,8 @@ def test_styles_option_validates() -> None:
 
 @pytest.mark.slow
 def test_sorted_style_runs_through_gym_sft_and_gym_bon(tmp_path: Path) -> None:
-    from imitalign.loops.afd_gym import exp_bon, exp_sft
+    from imitalign.experiments.afd_bon import exp_bon
+    from imitalign.experiments.afd_sft import exp_sft
     from tests.test_afd_gym import TINY
 
     out = tmp_path / "afd_gym"

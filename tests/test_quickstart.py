@@ -8,8 +8,9 @@ import math
 import pytest
 
 from imitalign.eval.metrics import win_indicators
+from imitalign.experiments.quickstart import METHODS, run_quickstart
+from imitalign.gym.base import Plan
 from imitalign.gym.build import GymConfig
-from imitalign.gym.quickstart import METHODS, Plan, run_quickstart
 from imitalign.gym.tokenizer import tiny_llama_config
 
 TINY = Plan(

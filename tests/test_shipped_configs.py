@@ -41,8 +41,8 @@ DATA_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 
 def _producers() -> dict[str, str]:
     """``runs/…`` folders shipped commands write: the defaults of the gym commands and every config's output."""
+    from imitalign.experiments.common import PLAN
     from imitalign.gym.build import gym_dir
-    from imitalign.loops.afd_gym import PLAN
 
     out = {"runs/quickstart": "imitalign quickstart", str(gym_dir("runs/afd_gym/gym", PLAN.gym)): "imitalign afd gym-*",
            "runs/afd_gym/seed0": "imitalign afd gym-*"}

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.cli import SetOpt, app, friendly, setup_logging
+from imitalign.commands.app import SetOpt, app, friendly, setup_logging
 
 afd_app = typer.Typer(no_args_is_help=True, help="Alignment from demonstrations: AfD reward models and experiments.")
 iq_app = typer.Typer(no_args_is_help=True, help="IQLearn extras: the λ/α frontier and the recovered reward.")
@@ -26,7 +26,7 @@ SeedsOpt = Annotated[int, typer.Option("--seeds", min=1, help="repeat with seeds
 
 def _styles(text: str) -> list[str]:
     """The demonstration styles of ``--styles`` (comma-separated; each once, at least one)."""
-    from imitalign.loops.afd_gym import STYLES
+    from imitalign.experiments.common import STYLES
 
     chosen = [s.strip() for s in text.split(",") if s.strip()]
     bad = [s for s in chosen if s not in STYLES]
@@ -95,7 +95,7 @@ def afd_train(
 @friendly
 def gym_sft(out: OutOpt = "runs/afd_gym", seeds: SeedsOpt = 1, styles: StylesOpt = "plain,style") -> None:
     """SFT on the gym's expert demonstrations (plain and style-shifted) vs the demonstrator's gold reward."""
-    from imitalign.loops.afd_gym import exp_sft
+    from imitalign.experiments.afd_sft import exp_sft
 
     exp_sft(out, seeds=seeds, styles=_styles(styles))
 
@@ -109,7 +109,7 @@ def gym_bon(
 ) -> None:
     """Best-of-N curves per reward source (AfD discriminators, closed form, oracle), with and without the style
     shift: afd_bon.md, afd_bon.png (--styles sorted: afd_bon_sorted.md, with the order share of the picks)."""
-    from imitalign.loops.afd_gym import exp_bon
+    from imitalign.experiments.afd_bon import exp_bon
 
     exp_bon(out, seeds=seeds, styles=_styles(styles))
 
@@ -124,7 +124,7 @@ def gym_distill(
 ) -> None:
     """Distilling best-of-N into the policy (SFT on winners; DPO on best-vs-worst pairs scored by the init-SFT
     discriminator, iterated) vs reranking at the same N."""
-    from imitalign.loops.afd_gym import exp_distill
+    from imitalign.experiments.afd_distill import exp_distill
 
     exp_distill(out, seeds=seeds, n=n, rounds=rounds)
 
@@ -138,7 +138,7 @@ def gym_selfplay(
 ) -> None:
     """SPIN (DPO, demonstration vs own sample, reference = previous iterate) and GSIL (DIL-BCE on the same pairs)
     vs SFT on the demonstrations."""
-    from imitalign.loops.afd_gym import exp_selfplay
+    from imitalign.experiments.afd_selfplay import exp_selfplay
 
     exp_selfplay(out, seeds=seeds, rounds=rounds)
 
@@ -153,6 +153,6 @@ def gym_frontier(
 ) -> None:
     """IQLearn on the gym's demonstrations: gold reward against diversity (Self-BLEU, distinct-n) and training
     cost per step for each λ (and online α); rank correlation of the recovered reward with gold vs MLE's."""
-    from imitalign.loops.afd_gym import exp_iqlearn
+    from imitalign.experiments.iqlearn_frontier import exp_iqlearn
 
     exp_iqlearn(out, seeds=seeds, lams=_floats(lams), alphas=_floats(alphas))

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from imitalign.cli import app, friendly
 from imitalign.commands import online
+from imitalign.commands.app import app, friendly
 
 gym_app = typer.Typer(no_args_is_help=True, help="The gym: a ground-truth alignment task on a CPU.")
 app.add_typer(gym_app, name="gym")

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.cli import SetOpt, app, friendly, setup_logging
+from imitalign.commands.app import SetOpt, app, friendly, setup_logging
 
 
 @app.command()

@@ -262,6 +262,22 @@ def sample_rows(prompts: Sequence[Any], samples: Sequence[Sample]) -> list[dict[
     ]
 
 
+def generate(
+    model: str | Path | nn.Module, prompts: Sequence[Any], *, tokenizer: Any = None, n: int = 1, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """``n`` sample rows (:func:`sample_rows`) per prompt from ``model`` — a model folder, or a loaded model with
+    its ``tokenizer``. Prompts are strings (plain text) or message lists (the tokenizer's chat template);
+    ``kwargs`` go to :func:`sample` (``temperature``, ``max_new_tokens``, ``seed``, ...)."""
+    if isinstance(model, str | Path):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        model = AutoModelForCausalLM.from_pretrained(model)
+    if tokenizer is None:
+        raise ValueError("generate: a loaded model needs its tokenizer (tokenizer=...)")
+    return sample_rows(prompts, sample(model, tokenizer, encode_prompts(tokenizer, prompts), n=n, **kwargs))
+
+
 def write_samples_jsonl(path: str | Path, prompts: Sequence[Any], samples: Sequence[Sample]) -> Path:
     """Write :func:`sample_rows` as JSONL (atomically: a temporary file renamed into place)."""
     return write_jsonl(path, sample_rows(prompts, samples))

@@ -113,7 +113,7 @@ def run_config(
 ) -> Any:
     """A run config for one stage, built by the quickstart's helper (the same defaults: cosine, warm-up 0.1,
     clipping 1.0) with this pipeline's rendering."""
-    from imitalign.gym.quickstart import gym_run_config
+    from imitalign.gym.base import gym_run_config
 
     train_kw: dict[str, Any] = {"lr": spec.lr, "epochs": spec.epochs, "batch_size": spec.batch_size}
     if spec.max_steps is not None:

@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from imitalign import objectives
-from imitalign.config import Config, ConfigError, load_config
+from imitalign.config import Config, ConfigError, apply_overrides, load_config
 from imitalign.loops.iterate_config import (
     EnhancerConfig,
     EvalConfig,
@@ -116,6 +116,7 @@ __all__ = [  # the config models and the report live in iterate_config.py / iter
     "prepare_gym",
     "read_iterate_config",
     "resolve_config",
+    "iterate",
     "round_table",
     "run_iterate",
     "summarize_runs",
@@ -601,6 +602,18 @@ def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_s
     return prompt_set
 
 
+def iterate(
+    config: str | Path | dict[str, Any], overrides: list[str] | None = None, *, quiet: bool = True
+) -> IterateResult:
+    """Run (or resume) the loop of a YAML config file (or its dict), with ``--set``-style ``overrides``: what
+    ``imitalign iterate CONFIG`` does (a ``gym`` section builds its gym pieces first)."""
+    if isinstance(config, dict):
+        raw, source = apply_overrides(dict(config), overrides or []), "<dict>"
+    else:
+        raw, source = read_iterate_config(config, overrides or []), str(config)
+    return run_iterate(resolve_config(raw, source), quiet=quiet)
+
+
 def run_iterate(
     cfg: IterateConfig,
     *,
@@ -618,39 +631,22 @@ def run_iterate(
     main = is_main()
     _say = say or (lambda m: print(f"[iterate] {m}", flush=True))
     say = _say if main else (lambda m: None)
-    saved = root / "iterate_config.yaml"
     dumped = cfg.model_dump(mode="json")
-    if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
-        raise ConfigError(
-            f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
-        )
+    _check_same_run(root, dumped)
     pf = preflight(cfg, say)
-
-    def save_config() -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = saved.with_name(saved.name + ".tmp")
-        tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
-        tmp.replace(saved)
-
-    on_main(save_config)
-    ran: list[tuple[int, str]] = []
-
-    def done(t: int, stage: str) -> None:
-        ran.append((t, stage))
-        if on_stage is not None:
-            on_stage(t, stage)
-
+    on_main(lambda: _save_config(root, dumped))
+    run = _Run(cfg, pf, root, say, quiet, main, on_stage)
     pi0 = cfg.policy
-    pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
-    pi0_model = _load_causal(pi0) if cfg.eval is not None and main else None
+    run.pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
+    run.pi0_model = _load_causal(pi0) if cfg.eval is not None and main else None
 
     # round 0: π_0 itself
     r0 = root / "round_0"
     baseline = None
     if cfg.eval is not None:
         if todo(r0 / "eval.json"):
-            on_main(lambda: _eval_stage(cfg, pf, pi0, pi0_model, None, r0))
-            done(0, "eval")
+            on_main(lambda: _eval_stage(cfg, pf, pi0, run.pi0_model, None, r0))
+            run.done(0, "eval")
         baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
 
     prompt_set = None
@@ -658,85 +654,11 @@ def run_iterate(
     for t in range(1, cfg.rounds + 1):
         rd = root / f"round_{t}"
         on_main(lambda rd=rd: rd.mkdir(parents=True, exist_ok=True))
-        if cfg.offline is not None and todo(rd / "train_data.jsonl"):  # the offline baseline
-            on_main(lambda rd=rd: _offline_stage(cfg, rd))
-            done(t, "pairs")
-        if cfg.offline is None:
-            if todo(rd / "prompts.jsonl"):
-                prompt_set = on_main(lambda rd=rd, t=t, ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
-                done(t, "prompts")
-            if todo(rd / "samples.jsonl"):  # every process samples its shard of the prompts
-                info = _sample_stage(cfg, rd, t, model, pi0)
-
-                def generated(info: dict[str, Any] = info, rd: Path = rd, t: int = t) -> None:
-                    write_json(rd / "generation.json", info["generation"])
-                    say(
-                        f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
-                        f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
-                    )
-
-                on_main(generated)
-                done(t, "samples")
-            if todo(rd / "scored.jsonl"):
-                on_main(lambda rd=rd: _score_stage(cfg, pf, rd))
-                done(t, "scored")
-        # pairs / accepted
-        if todo(rd / "train_data.jsonl"):
-
-            def select(rd: Path = rd, t: int = t) -> None:
-                _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
-                write_json(rd / "selection.json", info)
-                say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
-
-            on_main(select)
-            done(t, "pairs")
-        # train
-        if cfg.start == "retrain_union":
-            data_path = rd / "union_train_data.jsonl"
-            own = cfg.pairs.mode == OWN_SAMPLES
-
-            def union(rd: Path = rd, t: int = t, own: bool = own) -> None:
-                for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
-                    path = rd / f"union_{name}"
-                    if not path.exists():
-                        rows = [row for s in range(1, t + 1) for row in read_rows(root / f"round_{s}" / name)]
-                        write_rows(path, rows)
-
-            on_main(union)
-            init = pi0
-        else:
-            data_path, init = rd / "train_data.jsonl", model
-        ref = pi0 if cfg.reference == "initial" else model
-        tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
-        if todo(rd / "training.json"):
-            t0 = time.perf_counter()
-            summary = train_or_reuse(tcfg, say=say, quiet=quiet or not main)
-            seconds = time.perf_counter() - t0
-
-            def trained(
-                rd: Path = rd, init: str = init, ref: str = ref, summary: dict = summary, sec: float = seconds
-            ) -> None:
-                record = {
-                    "seconds": sec,
-                    "init": init,
-                    "reference": ref,
-                    "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
-                    "pi0_fingerprint": pi0_fp,
-                    "steps": summary["steps"],
-                    "train": summary.get("train", {}),
-                    "eval": summary.get("eval", {}),
-                }
-                write_json(rd / "training.json", record)
-
-            on_main(trained)
-            done(t, "train")
-        else:
-            summary = train_or_reuse(tcfg, say=say, quiet=quiet)  # reuses the finished run (same config)
-        model = summary["model_dir"]
-        # eval
+        prompt_set = _data_stages(run, rd, t, model, prompt_set)
+        model = _train_stage(run, rd, t, model)
         if cfg.eval is not None and todo(rd / "eval.json"):
-            on_main(lambda rd=rd, model=model: _eval_stage(cfg, pf, model, pi0_model, baseline, rd))
-            done(t, "eval")
+            on_main(lambda rd=rd, model=model: _eval_stage(cfg, pf, model, run.pi0_model, baseline, rd))
+            run.done(t, "eval")
         if cfg.eval is not None:
             g = read_json(rd / "eval.json")["gold_reward"]
             say(f"round {t}: eval reward {format_mean_se(g, 4)}")
@@ -744,4 +666,124 @@ def run_iterate(
     table = round_table(rows)
     on_main(lambda: write_iterate_report(root, cfg, rows, table))
     say("\n" + table)
-    return IterateResult(root, rows, table, root / "report.md", ran)
+    return IterateResult(root, rows, table, root / "report.md", run.ran)
+
+
+@dataclass
+class _Run:
+    """What the stages of one :func:`run_iterate` call share; ``done`` records a stage this call executed."""
+
+    cfg: IterateConfig
+    pf: Preflight
+    root: Path
+    say: Callable[[str], None]
+    quiet: bool
+    main: bool
+    on_stage: Callable[[int, str], None] | None
+    ran: list[tuple[int, str]] = field(default_factory=list)
+    pi0_fp: str | None = None  # π_0's weights fingerprint (main process only)
+    pi0_model: Any = None  # π_0 loaded for the KL of the evaluations (main process, with an eval section)
+
+    def done(self, t: int, stage: str) -> None:
+        self.ran.append((t, stage))
+        if self.on_stage is not None:
+            self.on_stage(t, stage)
+
+
+def _check_same_run(root: Path, dumped: dict[str, Any]) -> None:
+    saved = root / "iterate_config.yaml"
+    if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
+        raise ConfigError(
+            f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
+        )
+
+
+def _save_config(root: Path, dumped: dict[str, Any]) -> None:
+    saved = root / "iterate_config.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = saved.with_name(saved.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
+    tmp.replace(saved)
+
+
+def _data_stages(run: _Run, rd: Path, t: int, model: str, prompt_set: Any) -> Any:
+    """Round ``t``'s training data: the offline baseline's, or prompts → samples of π_{t-1} → scores; then the
+    pairs (or accepted samples). Returns the prompt set (loaded once, reused by later rounds)."""
+    cfg, pf, say = run.cfg, run.pf, run.say
+    if cfg.offline is not None and todo(rd / "train_data.jsonl"):  # the offline baseline
+        on_main(lambda: _offline_stage(cfg, rd))
+        run.done(t, "pairs")
+    if cfg.offline is None:
+        if todo(rd / "prompts.jsonl"):
+            prompt_set = on_main(lambda ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
+            run.done(t, "prompts")
+        if todo(rd / "samples.jsonl"):  # every process samples its shard of the prompts
+            info = _sample_stage(cfg, rd, t, model, cfg.policy)
+
+            def generated() -> None:
+                write_json(rd / "generation.json", info["generation"])
+                say(
+                    f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
+                    f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
+                )
+
+            on_main(generated)
+            run.done(t, "samples")
+        if todo(rd / "scored.jsonl"):
+            on_main(lambda: _score_stage(cfg, pf, rd))
+            run.done(t, "scored")
+    if todo(rd / "train_data.jsonl"):  # pairs / accepted
+
+        def select() -> None:
+            _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
+            write_json(rd / "selection.json", info)
+            say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
+
+        on_main(select)
+        run.done(t, "pairs")
+    return prompt_set
+
+
+def _train_stage(run: _Run, rd: Path, t: int, model: str) -> str:
+    """Round ``t``'s training (warm start from π_{t-1}, or from π_0 on the union of all rounds' data); returns
+    π_t's model folder."""
+    cfg, pi0 = run.cfg, run.cfg.policy
+    if cfg.start == "retrain_union":
+        data_path = rd / "union_train_data.jsonl"
+        own = cfg.pairs.mode == OWN_SAMPLES
+
+        def union() -> None:
+            for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
+                path = rd / f"union_{name}"
+                if not path.exists():
+                    rows = [row for s in range(1, t + 1) for row in read_rows(run.root / f"round_{s}" / name)]
+                    write_rows(path, rows)
+
+        on_main(union)
+        init = pi0
+    else:
+        data_path, init = rd / "train_data.jsonl", model
+    ref = pi0 if cfg.reference == "initial" else model
+    tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
+    if not todo(rd / "training.json"):
+        return train_or_reuse(tcfg, say=run.say, quiet=run.quiet)["model_dir"]  # reuses the finished run
+    t0 = time.perf_counter()
+    summary = train_or_reuse(tcfg, say=run.say, quiet=run.quiet or not run.main)
+    seconds = time.perf_counter() - t0
+
+    def trained() -> None:
+        record = {
+            "seconds": seconds,
+            "init": init,
+            "reference": ref,
+            "reference_fingerprint": model_fingerprint(ref) if Path(ref).is_dir() else None,
+            "pi0_fingerprint": run.pi0_fp,
+            "steps": summary["steps"],
+            "train": summary.get("train", {}),
+            "eval": summary.get("eval", {}),
+        }
+        write_json(rd / "training.json", record)
+
+    on_main(trained)
+    run.done(t, "train")
+    return summary["model_dir"]

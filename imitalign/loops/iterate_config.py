@@ -224,9 +224,9 @@ def read_iterate_config(path: str | Path, overrides: list[str] | None = None) ->
 
 
 def prepare_gym(setup: GymSetup, need_rm: bool, say: Callable[[str], None]) -> dict[str, str]:
-    """Gym, SFT model and offline pairs (``imitalign.gym.quickstart.prepare_base``), and a Bradley–Terry reward
+    """Gym, SFT model and offline pairs (``imitalign.gym.base.prepare_base``), and a Bradley–Terry reward
     model trained on the offline pairs when ``need_rm``; returns the placeholder values."""
-    from imitalign.gym.quickstart import FAST, FULL, gym_run_config, prepare_base
+    from imitalign.gym.base import FAST, FULL, gym_run_config, prepare_base
 
     plan = FAST if setup.plan == "fast" else FULL
     base = prepare_base(Path(setup.root), plan, setup.seed)

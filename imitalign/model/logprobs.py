@@ -119,7 +119,15 @@ class _FusedHeadLogps(torch.autograd.Function):
 
 
 def _fusable(head: nn.Module) -> bool:
-    return type(head) is nn.Linear and not torch.is_autocast_enabled(head.weight.device.type)
+    """The fused path reads ``head.weight`` itself. Under DeepSpeed ZeRO-3 (``ds_id`` on the parameter) that read
+    would see an empty placeholder outside the head's own forward, so the head is *called* instead: its hooks
+    gather the weight in forward and again in backward. (Under FSDP2 the head belongs to the root group, which
+    is unsharded for the whole forward and backward of the engine: the fused path stays.)"""
+    return (
+        type(head) is nn.Linear
+        and not hasattr(head.weight, "ds_id")
+        and not torch.is_autocast_enabled(head.weight.device.type)
+    )
 
 
 def head_logps(
@@ -156,6 +164,11 @@ class LogProbModel(nn.Module):
         self.lm = lm
         self.chunk_tokens = chunk_tokens
         self.full_logits = full_logits  # fall back to the model's own forward (exotic heads)
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        """The decoder-layer classes of the wrapped model: what accelerate's FSDP auto-wrap shards one by one."""
+        return getattr(_causal_lm(self.lm), "_no_split_modules", None)
 
     def forward(
         self,

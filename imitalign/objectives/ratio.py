@@ -93,9 +93,10 @@ def _log_ratios(
     rejected_lengths: Tensor | None,
     length_normalize: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``(ρ_w, ρ_l)``, each ``[B]``, per-token means when ``length_normalize``."""
-    rho_w = policy_chosen_logps - reference_chosen_logps
-    rho_l = policy_rejected_logps - reference_rejected_logps
+    """``(ρ_w, ρ_l)``, each ``[B]``, per-token means when ``length_normalize``; in fp32 whatever the inputs' dtype
+    (bf16 log-probs would lose the ratio's digits, and every exponential of the DIL losses is taken of it)."""
+    rho_w = policy_chosen_logps.float() - reference_chosen_logps.float()
+    rho_l = policy_rejected_logps.float() - reference_rejected_logps.float()
     if length_normalize:
         assert chosen_lengths is not None and rejected_lengths is not None
         rho_w, rho_l = _per_token(rho_w, chosen_lengths), _per_token(rho_l, rejected_lengths)

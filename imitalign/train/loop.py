@@ -46,7 +46,7 @@ from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
 from imitalign.model.score import load_score_model
 from imitalign.reward.labels import read_labels
-from imitalign.train import steps
+from imitalign.train import sharding, steps
 from imitalign.train.batching import StepPlan, epoch_order, plan_step, policy_order, steps_per_epoch
 from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from imitalign.train.kinds import LossContext, StepCounts, check_objective, collate_demo_batch, kind_of
@@ -128,12 +128,16 @@ class Trainer:
         cfg = self.cfg
         self.run_dir = run_dir = Path(cfg.run.output_dir)
         self.trackers = available_trackers(list(cfg.train.trackers))
+        mixed_precision = _mixed_precision(cfg.train.mixed_precision)
         self.accelerator = Accelerator(
-            mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+            mixed_precision=mixed_precision,
             log_with=self.trackers or None,
             project_dir=str(run_dir),
             cpu=_cpu_processes(),
+            **sharding.accelerator_kwargs(cfg, mixed_precision),
         )
+        sharding.engage(self.accelerator, cfg, mixed_precision)
+        self.sharded = sharding.is_sharded(self.accelerator)  # FSDP2 / ZeRO-3: the reference runs once sharded
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
         ckpt = _resume_checkpoint(cfg, run_dir) if resume else None
@@ -193,14 +197,17 @@ class Trainer:
         cfg = self.cfg
         per_item, ref_engine = None, None
         if self.spec.needs_reference:
-            if cfg.reference.precompute:
-                per_item = precompute_reference(cfg, self.engine, self.model, self.tok,
-                                                self.train_items + self.eval_items, self.accelerator, quiet=self.quiet)
-            else:
+            if cfg.reference.precompute and not self.sharded:  # sharded: after prepare, see _setup_optimiser
+                per_item = self._precompute_reference()
+            elif not cfg.reference.precompute:
                 ref_engine = attach_reference(cfg, self.model, self.tok, self.accelerator)
         if labels is not None:
             per_item = torch.tensor([labels[it.source] for it in self.train_items + self.eval_items])
         return per_item, ref_engine
+
+    def _precompute_reference(self) -> torch.Tensor:
+        return precompute_reference(self.cfg, self.engine, self.model, self.tok, self.train_items + self.eval_items,
+                                    self.accelerator, quiet=self.quiet)
 
     def _setup_optimiser(self) -> None:
         """AdamW (no weight decay on biases and norms) and the schedule over the run's optimiser steps; engine,
@@ -226,7 +233,9 @@ class Trainer:
         )
         self.engine, self.optimizer, self.scheduler = self.accelerator.prepare(self.engine, optimizer, scheduler)
         if self.ref_engine is not None and not isinstance(self.ref_engine, str):
-            self.ref_engine = self.accelerator.prepare_model(self.ref_engine, evaluation_mode=True)
+            self.ref_engine = sharding.shard_frozen(self.accelerator, self.ref_engine)
+        if self.spec.needs_reference and cfg.reference.precompute and self.sharded:
+            self.per_item = self._precompute_reference()
         if self.trackers and self.main:
             self.accelerator.init_trackers(cfg.run.name or self.run_dir.name, config=cfg.model_dump(mode="json"))
 
@@ -401,9 +410,11 @@ class Trainer:
             self.metrics_log.write({f"eval/{k}": v for k, v in self.last_eval.items()}, self.global_step)
         model_dir = run_dir / "model"
         acc.wait_for_everyone()
+        full = sharding.full_state_dict(acc, self.engine) if self.sharded else None  # every process takes part
         if self.main:
             tmp = run_dir / "model.tmp"
-            save_model(acc.unwrap_model(self.engine).lm, self.tok, tmp)
+            lm = acc.unwrap_model(self.engine).lm
+            save_model(lm if full is None else sharding.consolidated_copy(lm, full), self.tok, tmp)
             if model_dir.exists():
                 shutil.rmtree(model_dir)
             os.replace(tmp, model_dir)

@@ -43,6 +43,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from imitalign.train.sharding import named_full_tensors
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
@@ -74,10 +76,11 @@ def _canonical_name(name: str) -> str | None:
 
 
 def hash_weights(module: torch.nn.Module) -> str:
-    """SHA-256 of the module's state dict (canonical names, dtypes, shapes, bytes), LoRA tensors excluded."""
+    """SHA-256 of the module's state dict (canonical names, dtypes, shapes, bytes), LoRA tensors excluded; of the
+    full tensors when the module is sharded (a collective then: every process calls it)."""
     h = hashlib.sha256()
     items = []
-    for name, t in module.state_dict().items():
+    for name, t in named_full_tensors(module):  # a sharded module's full tensors (FSDP2, ZeRO-3), not a shard
         canon = _canonical_name(name)
         if canon is not None:
             items.append((canon, t))

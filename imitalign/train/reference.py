@@ -31,7 +31,7 @@ from imitalign.config import Config
 from imitalign.data.collate import collate_pairs, collate_pairs_packed, pad_id_for, with_target_index
 from imitalign.model.load import frozen_copy, resolve_dtype
 from imitalign.model.logprobs import LogProbModel
-from imitalign.train import refcache
+from imitalign.train import refcache, sharding
 from imitalign.train.steps import sequence_logps
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def precompute_reference(
         ref = LogProbModel(_load_reference_lm(cfg))
     else:
         ref = engine
-    ref = ref.to(accelerator.device)
+    if not sharding.is_sharded(accelerator):  # a sharded engine is placed already (and cannot be moved)
+        ref = ref.to(accelerator.device)
     was_training = ref.training
     ref.eval()
     mine = list(range(len(items)))[rank::world]
