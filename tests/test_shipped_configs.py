@@ -17,6 +17,10 @@ from tests.helpers import REPO
 
 # config → (the command that runs it, the loader kind)
 SHIPPED = {
+    "accelerate/fsdp2.yaml": "accelerate",  # `accelerate launch --config_file …` (docs/scale.md)
+    "accelerate/zero2.yaml": "accelerate",
+    "accelerate/zero3.yaml": "accelerate",
+    "accelerate/zero3_offload.yaml": "accelerate",
     "afd_bon_gym.yaml": "bon",
     "afd_gym_style.yaml": "afd",
     "afd_hh_gemma2b.yaml": "afd",
@@ -48,7 +52,7 @@ def _producers() -> dict[str, str]:
            "runs/afd_gym/seed0": "imitalign afd gym-*"}
     for name in SHIPPED:
         raw = yaml.safe_load((REPO / "configs" / name).read_text())
-        folder = raw.get("output_dir") or (raw.get("run") or {}).get("output_dir")
+        folder = raw.get("output_dir") or (raw.get("run") or {}).get("output_dir") if isinstance(raw, dict) else None
         out[folder] = name
     return out
 
@@ -78,6 +82,12 @@ def _objectives(kind: str, cfg: Any) -> list[tuple[str, dict]]:
 
 
 def _load(kind: str, path: Path) -> Any:
+    if kind == "accelerate":  # accelerate's own loader refuses unknown keys
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        cfg = load_config_from_file(str(path))
+        assert str(cfg.distributed_type) in ("DistributedType.FSDP", "DistributedType.DEEPSPEED", "FSDP", "DEEPSPEED")
+        return cfg
     if kind == "train":
         from imitalign.config import load_config
 
