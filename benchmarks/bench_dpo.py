@@ -61,6 +61,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bench_tables
+
 HERE = Path(__file__).resolve().parent
 SETTINGS: dict[str, dict[str, Any]] = {
     "variable": {"vocab": 32000, "pairs": 300, "prompt": (16, 256), "response": (16, 512)},
@@ -85,7 +87,10 @@ MODEL = {
     "tie_word_embeddings": False,
 }
 HP = {"beta": 0.1, "batch_size": 8, "lr": 1e-5, "threads": 2, "max_grad_norm": 1.0}
-VARIANTS = ["trl_ref", "trl_pre", "imitalign_dpo", "imitalign_dil"]
+VARIANTS = ["trl_ref", "trl_pre", "plain", "imitalign_dpo", "imitalign_bf16", "imitalign_dil"]
+DEFAULT_VARIANTS = ["trl_ref", "trl_pre", "plain", "imitalign_dpo", "imitalign_bf16"]
+TRL_VARIANTS = ("trl_ref", "trl_pre")
+SLOW_VARIANTS = (*TRL_VARIANTS, "imitalign_bf16")  # run --slow-repeats times (bf16 is emulated without avx512_bf16)
 
 
 # ---------------------------------------------------------------- data, tokenizer, model
@@ -212,11 +217,13 @@ def run_imitalign(folder: Path, objective: str, out: Path, **train: Any) -> dict
         marks["t0"], marks["c0"] = time.perf_counter(), time.process_time()
         r = pre(*a, **k)
         marks["t_ref"] = time.perf_counter()
+        marks["ref_peak_gb"] = end_phase()
         return r
 
     def timed_save(*a: Any, **k: Any) -> Any:
         marks.setdefault("t1", time.perf_counter())
         marks.setdefault("c1", time.process_time())
+        marks.setdefault("train_peak_gb", end_phase())
         return save(*a, **k)
 
     loop.precompute_reference, loop.save_model = timed_precompute, timed_save
@@ -231,7 +238,29 @@ def run_imitalign(folder: Path, objective: str, out: Path, **train: Any) -> dict
         "steps": result.steps,
         "pad_fraction": next((r["pad_fraction"] for r in rows if "pad_fraction" in r), None),
         "final_loss": result.train_metrics.get("loss"),
+        "ref_peak_gb": marks["ref_peak_gb"],
+        "train_peak_gb": marks["train_peak_gb"],
     }
+
+
+def run_plain(folder: Path) -> dict[str, Any]:
+    """The plain PyTorch loop (``plain_loop.py``) on imitalign's token ids and epoch order."""
+    import plain_loop
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from imitalign.train.batching import epoch_order
+
+    torch.set_num_threads(HP["threads"])
+    items, tok = _imitalign_items(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder / "model", dtype=torch.float32)
+    marks: dict[str, float] = {}
+    res = plain_loop.train_epoch(
+        model, items, tok.pad_token_id, HP, epoch_order(len(items), 0, 0), after_ref=lambda: marks.update(
+            ref_peak_gb=end_phase())
+    )
+    res.update(ref_peak_gb=marks["ref_peak_gb"], train_peak_gb=end_phase())
+    return res
 
 
 def _trl_trainer(folder: Path, precompute: bool, out: Path, rows: list[dict] | None = None, sequential: bool = False):
@@ -298,13 +327,16 @@ def run_trl(folder: Path, precompute: bool, out: Path) -> dict[str, Any]:
     def timed(self: Any, *a: Any, **k: Any) -> Any:
         marks.setdefault("t0", time.perf_counter())
         marks.setdefault("c0", time.process_time())
-        return original(self, *a, **k)
+        out = original(self, *a, **k)
+        marks.setdefault("ref_peak_gb", end_phase())
+        return out
 
     DPOTrainer._precompute_ref_logps = timed
     trainer = _trl_trainer(folder, precompute, out)
     t_train, c_train = time.perf_counter(), time.process_time()
     ref_s = t_train - marks["t0"] if "t0" in marks else 0.0
     t0, c0 = marks.get("t0", t_train), marks.get("c0", c_train)
+    ref_peak = marks.get("ref_peak_gb", end_phase())  # TRL-ref: the phase up to here is loading
     trainer.train()
     t1, c1 = time.perf_counter(), time.process_time()
     return {
@@ -313,6 +345,8 @@ def run_trl(folder: Path, precompute: bool, out: Path) -> dict[str, Any]:
         "cpu_s": c1 - c0,
         "steps": trainer.state.global_step,
         "final_loss": trainer.losses[-1] if trainer.losses else None,
+        "ref_peak_gb": ref_peak if precompute else None,
+        "train_peak_gb": end_phase(),
     }
 
 
@@ -326,26 +360,54 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
+def _status_gb(key: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 2**20
+    raise KeyError(key)
+
+
+def end_phase() -> float:
+    """This process's peak RSS since the last call (``VmHWM``), then the high-water mark is reset to the current
+    RSS (``/proc/self/clear_refs`` ``5``, Linux ≥ 4.0): per-phase peaks (reference pass, training)."""
+    peak = _status_gb("VmHWM")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return peak
+
+
 def run_variant(name: str, folder: Path, work: Path) -> dict[str, Any]:
+    import torch  # noqa: F401  (every import before the baseline RSS: it is not the run's memory)
+    import transformers  # noqa: F401
+
+    if name in TRL_VARIANTS:
+        import trl  # noqa: F401
+    else:
+        import imitalign.train.loop  # noqa: F401
     from transformers import AutoModelForCausalLM
 
+    rss_base = _status_gb("VmRSS")
+    end_phase()
     t = time.perf_counter()
-    load0 = os.getloadavg()[0]
     out = work / name
-    if name == "trl_ref":
-        res = run_trl(folder, False, out)
-    elif name == "trl_pre":
-        res = run_trl(folder, True, out)
-    elif name == "imitalign_dpo":
-        res = run_imitalign(folder, "dpo", out)
-    elif name == "imitalign_dil":
-        res = run_imitalign(folder, "dil_lsif", out)
+    if name in TRL_VARIANTS:
+        res = run_trl(folder, name == "trl_pre", out)
+    elif name == "plain":
+        res = run_plain(folder)
+    elif name.startswith("imitalign_"):
+        objective = "dil_lsif" if name == "imitalign_dil" else "dpo"
+        mp = {"mixed_precision": "bf16"} if name == "imitalign_bf16" else {}
+        res = run_imitalign(folder, objective, out, **mp)
     else:
         raise ValueError(name)
     res["total_s"] = time.perf_counter() - t
-    res["loadavg"] = (load0, os.getloadavg()[0])  # 1-minute load average at start and end (2 cores)
-    res["rss_gb"] = peak_rss_gb()
-    res["n_params"] = _count_params(AutoModelForCausalLM.from_pretrained(folder / "model"))
+    res["rss_gb"] = max(peak_rss_gb(), res["train_peak_gb"], res["ref_peak_gb"] or 0.0)  # the whole run's peak
+    res["rss_base_gb"] = rss_base
+    model = AutoModelForCausalLM.from_pretrained(folder / "model")
+    res["n_params"] = _count_params(model)
+    # the floor: fp32 weights, gradients and both AdamW moments of every trainable parameter
+    res["floor_gb"] = 16 * sum(p.numel() for p in model.parameters()) / 2**30
     return res
 
 
@@ -444,55 +506,46 @@ def real_tokens(folder: Path) -> int:
     return sum(2 * len(it.prompt_ids) + len(it.chosen_ids) + len(it.rejected_ids) for it in items)
 
 
-def fmt_table(setting: str, results: dict[str, dict[str, Any]], tokens: int, peak: float) -> str:
-    base_ref, base_pre = results.get("trl_ref"), results.get("trl_pre")
-    lines = [
-        f"setting {setting}: {tokens} real tokens per epoch; matmul peak {peak:.0f} GFLOP/s",
-        "| variant | epoch s (ref pass) | cpu s (×TRL-ref) | real tok/s | ×TRL-ref | ×TRL-pre "
-        "| peak RSS GB | ×RSS TRL-ref | GFLOP/s (% peak) | train-step GFLOP/s (% peak) | peak GFLOP/s | load avg "
-        "| pad frac |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        if "error" in r:
-            lines.append(f"| {name} | failed: {r['error'][:80]} |")
-            continue
-        n = r["n_params"]
-        tps = tokens / r["epoch_s"]
-        ref_tokens = tokens  # every variant runs the reference once over every token
-        flops = 6 * n * tokens + 2 * n * ref_tokens
-        train_s = r["epoch_s"] - r["ref_s"] if name != "trl_ref" else r["epoch_s"]
-        train_flops = 6 * n * tokens if name != "trl_ref" else flops
-        g = flops / r["epoch_s"] / 1e9
-        gt = train_flops / train_s / 1e9
-        # the peak measured just before and after this variant, in the same conditions (else the run's)
-        vpeak = sum(r["peak_gflops"]) / 2 if "peak_gflops" in r else peak
-        x_ref = f"{tps / (tokens / base_ref['epoch_s']):.2f}" if base_ref and "error" not in base_ref else "-"
-        x_pre = f"{tps / (tokens / base_pre['epoch_s']):.2f}" if base_pre and "error" not in base_pre else "-"
-        x_rss = f"{r['rss_gb'] / base_ref['rss_gb']:.2f}" if base_ref and "error" not in base_ref else "-"
-        x_cpu = f"{base_ref['cpu_s'] / r['cpu_s']:.2f}" if base_ref and "error" not in base_ref else "-"
-        pad = r.get("pad_fraction")
-        lines.append(
-            f"| {name} | {r['epoch_s']:.1f} ({r['ref_s']:.1f}) | {r['cpu_s']:.1f} ({x_cpu}) | {tps:.0f} "
-            f"| {x_ref} | {x_pre} "
-            f"| {r['rss_gb']:.2f} | {x_rss} | {g:.0f} ({100 * g / vpeak:.0f} %) | {gt:.0f} ({100 * gt / vpeak:.0f} %) "
-            f"| {vpeak:.0f} | {sum(r.get('loadavg', (0, 0))) / 2:.1f} | {'-' if pad is None else f'{pad:.2f}'} |"
-        )
-    return "\n".join(lines)
 
-
-def _peak_in_subprocess() -> float:
-    """The matmul peak probed in a fresh process (so that the probe's buffers stay out of a variant's RSS)."""
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_dpo as b; print(b.matmul_peak(2))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def run_interleaved(
+    folder: Path, work: Path, variants: list[str], repeats: int, slow_repeats: int, setting: str, tokens: int
+) -> dict[str, list[dict[str, Any]]]:
+    """Every variant ``repeats`` times (``SLOW_VARIANTS`` ``slow_repeats`` times), each run in a fresh
+    subprocess, interleaved (round r runs the variants in order, round r+1 in reverse), so that the ratios within
+    one invocation see the same machine; the 1-minute load average is read before and after each run."""
+    runs: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    for rep in range(repeats):
+        names = [v for v in variants if rep < (slow_repeats if v in SLOW_VARIANTS else repeats)]
+        for name in names if rep % 2 == 0 else names[::-1]:
+            load0 = os.getloadavg()[0]
+            cmd = [sys.executable, __file__, "--run-variant", name, "--folder", str(folder), "--work", str(work)]
+            env = dict(os.environ, OMP_NUM_THREADS=str(HP["threads"]), TOKENIZERS_PARALLELISM="false")
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+            if proc.returncode != 0 or line is None:
+                r = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:][0][:300]}
+                print(f"[{setting}] {name}: FAILED\n{proc.stderr[-3000:]}", flush=True)
+            else:
+                r = json.loads(line[len("RESULT ") :])
+                r["load"] = (load0, os.getloadavg()[0])
+                print(
+                    f"[{setting}] {name}: epoch {r['epoch_s']:.1f}s (ref {r['ref_s']:.1f}s) "
+                    f"{tokens / r['epoch_s']:.0f} tok/s, peak RSS {r['rss_gb']:.2f} GB "
+                    f"({bench_tables.above_floor(r):.2f} above floor), load {r['load'][0]:.1f}→{r['load'][1]:.1f}",
+                    flush=True,
+                )
+            runs[name].append(r)
+    return runs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="few rows: a smoke test of every variant")
     ap.add_argument("--settings", nargs="*", default=["variable", "fixed"], choices=list(SETTINGS))
-    ap.add_argument("--variants", nargs="*", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--variants", nargs="*", default=DEFAULT_VARIANTS, choices=VARIANTS)
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each imitalign/plain variant, interleaved")
+    ap.add_argument("--slow-repeats", type=int, default=1, help="runs of each TRL and bf16 variant (slow)")
+    ap.add_argument("--no-efficiency", action="store_true", help="skip the step-vs-matmul-peak measurement")
     ap.add_argument(
         "--pairs", nargs="*", default=[], metavar="SETTING=N", help="override pairs per setting, e.g. fixed=400"
     )
@@ -517,6 +570,9 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="imitalign-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"command": " ".join(["python"] + sys.argv), "settings": {}}
+    report["cpu_flags"] = bench_tables.cpu_flags()
+    print(f"command: {report['command']}\nCPU flags: {report['cpu_flags']}\nload average at start: "
+          f"{os.getloadavg()}", flush=True)
     if not args.no_check:
         folder = build_setting(work, "variable", 3 * HP["batch_size"])
         check = loss_check(folder, work / "check")
@@ -528,14 +584,15 @@ def main() -> None:
         )
         if args.check_only:
             sys.exit(0 if check["ok"] else 1)
-    eff_folder = build_setting(work, "variable", QUICK_PAIRS["variable"] if args.quick else 64)
-    eff = step_efficiency(eff_folder, steps=3 if args.quick else 8)
-    report["step_efficiency"] = eff
-    print(
-        f"imitalign training step (variable lengths, packed, DPO + AdamW), alternated with matmul-peak probes: "
-        f"median {eff['median_gflops']:.0f} GFLOP/s = {100 * eff['median_fraction_of_peak']:.0f} % of the peak",
-        flush=True,
-    )
+    if not args.no_efficiency:
+        eff_folder = build_setting(work, "variable", QUICK_PAIRS["variable"] if args.quick else 64)
+        eff = step_efficiency(eff_folder, steps=3 if args.quick else 8)
+        report["step_efficiency"] = eff
+        print(
+            f"imitalign training step (variable lengths, packed, DPO + AdamW), alternated with matmul-peak probes: "
+            f"median {eff['median_gflops']:.0f} GFLOP/s = {100 * eff['median_fraction_of_peak']:.0f} % of the peak",
+            flush=True,
+        )
     if args.efficiency_only:
         return
     peak = matmul_peak(HP["threads"])
@@ -546,28 +603,10 @@ def main() -> None:
         pairs = int(override.get(setting, QUICK_PAIRS[setting] if args.quick else SETTINGS[setting]["pairs"]))
         folder = build_setting(work, setting, pairs)
         tokens = real_tokens(folder)
-        results: dict[str, dict[str, Any]] = {}
-        for name in args.variants:
-            peak_before = _peak_in_subprocess()
-            cmd = [sys.executable, __file__, "--run-variant", name, "--folder", str(folder)]
-            cmd += ["--work", str(work / f"runs-{setting}-{pairs}")]
-            env = dict(os.environ, OMP_NUM_THREADS=str(HP["threads"]), TOKENIZERS_PARALLELISM="false")
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if proc.returncode != 0 or line is None:
-                results[name] = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:][0][:300]}
-                print(f"[{setting}] {name}: FAILED\n{proc.stderr[-3000:]}", flush=True)
-            else:
-                results[name] = json.loads(line[len("RESULT ") :])
-                r = results[name]
-                r["peak_gflops"] = (peak_before, _peak_in_subprocess())  # the machine as this variant found it
-                print(
-                    f"[{setting}] {name}: epoch {r['epoch_s']:.1f}s (ref {r['ref_s']:.1f}s) "
-                    f"{tokens / r['epoch_s']:.0f} tok/s, peak RSS {r['rss_gb']:.2f} GB",
-                    flush=True,
-                )
-        report["settings"][setting] = {"pairs": pairs, "tokens": tokens, "results": results}
-        print(fmt_table(setting, results, tokens, peak), flush=True)
+        runs = run_interleaved(folder, work / f"runs-{setting}-{pairs}", args.variants, args.repeats,
+                               args.slow_repeats, setting, tokens)
+        report["settings"][setting] = {"pairs": pairs, "tokens": tokens, "runs": runs}
+        print(bench_tables.fmt_table(setting, runs, tokens), flush=True)
     report["matmul_peak_gflops_end"] = matmul_peak(HP["threads"])
     print(f"fp32 matmul peak at the end: {report['matmul_peak_gflops_end']:.0f} GFLOP/s")
     if args.json:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -117,7 +117,9 @@ class TrainConfig(_Strict):
     # attention (checked against padded batches on the model at start-up); same numbers, less compute
     packing: bool = True
     group_by_length: bool = False  # optimiser steps of similar-length examples (less padding; changes the order)
-    chunk_tokens: int | None = None  # LM head + log-softmax over chunks of this many positions (memory)
+    # LM head + log-softmax over chunks of this many positions, recomputed in backward (memory); "auto": only when
+    # the kept logits exceed 256 MB and recomputing them costs < 5 % of the step (imitalign.model.logprobs)
+    chunk_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
     num_threads: int | None = None
     # FSDP2 (torch's fully_shard, through accelerate's plugin): each decoder layer, then the whole engine;
     # the same as launching with configs/accelerate/fsdp2.yaml. On CPU process groups (gloo), where accelerate

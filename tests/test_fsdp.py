@@ -148,7 +148,8 @@ def test_fsdp_resume_from_sharded_checkpoint(tmp_path):
 CASES = {
     # a frozen reference copy evaluated in every step, sharded like the policy
     "dil_lsif_frozen_copy": ("dil_lsif", {}, {"reference__precompute": False}),
-    "iqlearn": ("iqlearn", {"lam": 0.1}, {}),
+    # with activation checkpointing of every decoder layer (transformers' non-reentrant checkpointing) under FSDP2
+    "iqlearn": ("iqlearn", {"lam": 0.1}, {"model__gradient_checkpointing": True}),
     # LoRA: the reference is the adapter-disabled policy; the adapter is saved beside the merged model
     "dpo_lora": ("dpo", {"beta": 0.5}, {"model__lora": {"r": 4, "alpha": 8, "dropout": 0.0}}),
 }

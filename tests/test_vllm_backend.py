@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import importlib.machinery
 import json
+import os
+import subprocess
 import sys
 import types
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
-from imitalign.generate.kshot import PromptSet, check_k, generate_k, resolve_backend
+from imitalign.generate.kshot import PromptSet, check_k, engine_groups, generate_k, resolve_backend
 from imitalign.generate.vllm_backend import sample_vllm
 from imitalign.gym.tokenizer import build_tokenizer
 from tests.helpers import tiny_llama
@@ -106,8 +108,10 @@ class SamplingParams:  # vllm/sampling_params.py:271 (a msgspec Struct: keyword 
 
 LLM_KWARGS = {  # explicit LLM.__init__ parameters (entrypoints/llm.py:177) and EngineArgs fields it forwards
     "tokenizer", "trust_remote_code", "tensor_parallel_size", "dtype", "seed", "gpu_memory_utilization",
-    "enforce_eager", "max_model_len", "logprobs_mode", "max_logprobs",
+    "enforce_eager", "max_model_len", "logprobs_mode", "max_logprobs", "distributed_executor_backend",
 }
+EXECUTOR_BACKENDS = ("ray", "mp", "uni", "external_launcher")  # config/parallel.py (ParallelConfig._verify_args)
+LOG_ENV = "VLLM_STANDIN_LOG"  # a file: every LLM built appends its arguments and where it would run
 LOGPROBS_MODES = ("raw_logits", "raw_logprobs", "processed_logits", "processed_logprobs")  # config/model.py:101
 
 
@@ -126,11 +130,36 @@ class LLM:
         assert self.mode in LOGPROBS_MODES
         self.max_model_len = kwargs.get("max_model_len") or 10**9
         self.kwargs = kwargs
+        self.device = self._device(kwargs)
         self.model = AutoModelForCausalLM.from_pretrained(model).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model)
         gen_eos = GenerationConfig.from_pretrained(model).eos_token_id  # sampling_params.py:775
         self.stop_ids = {self.tokenizer.eos_token_id} | set([gen_eos] if isinstance(gen_eos, int) else gen_eos or [])
         LLM.calls.append({"kwargs": kwargs, "seeds": []})
+
+    @staticmethod
+    def _device(kwargs: dict[str, Any]) -> str:
+        """Where vLLM's worker would run. external_launcher (v1/executor/uniproc_executor.py,
+        ExecutorWithExternalLauncher): the launcher's RANK / LOCAL_RANK / WORLD_SIZE are required, the worker takes
+        cuda:LOCAL_RANK, and the torchrun world must be a multiple of the tensor-parallel size
+        (initialize_model_parallel reshapes the ranks into (-1, pp, tp)). Otherwise one process: the first GPU."""
+        backend = kwargs.get("distributed_executor_backend")
+        assert backend is None or backend in EXECUTOR_BACKENDS, backend
+        tp = kwargs.get("tensor_parallel_size", 1)
+        if backend != "external_launcher":
+            assert "RANK" not in os.environ or os.environ.get("WORLD_SIZE") == "1", "several ranks, each on cuda:0"
+            return "cuda:0"
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            if name not in os.environ:
+                raise KeyError(f"external_launcher needs {name} (torchrun's environment)")
+        assert int(os.environ["WORLD_SIZE"]) % tp == 0, "the world must be a multiple of tensor_parallel_size"
+        return f"cuda:{os.environ['LOCAL_RANK']}"
+
+    def _log(self, n_requests: int) -> None:
+        if os.environ.get(LOG_ENV):
+            record = {"kwargs": self.kwargs, "device": self.device, "rank": os.environ.get("RANK"), "n": n_requests}
+            with open(os.environ[LOG_ENV], "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def get_tokenizer(self):
         return self.tokenizer
@@ -138,6 +167,7 @@ class LLM:
     def generate(self, prompts, sampling_params=None, *, use_tqdm=True):
         if not isinstance(sampling_params, list) or len(sampling_params) != len(prompts):
             raise ValueError("The lengths of prompts and params must be the same.")  # entrypoints/common/offline.py:262
+        self._log(len(prompts))
         outs = []
         for r, (prompt, params) in enumerate(zip(prompts, sampling_params, strict=True)):
             comps = [self._complete(list(prompt["prompt_token_ids"]), params, j) for j in range(params.n)]
@@ -323,11 +353,65 @@ def test_backend_resolution_without_cuda(fake_vllm, monkeypatch):
     assert resolve_backend("vllm") == "vllm"
 
 
-def test_vllm_under_several_processes_is_refused_before_sampling(fake_vllm, monkeypatch):
-    """vLLM 0.33's in-process engine takes GPU 0 in every process: refused with what to do instead; ``auto``
-    falls back to transformers under several processes even with a GPU."""
-    with pytest.raises(ValueError, match="under 2 processes: every process's vLLM engine would sit on GPU 0"):
-        resolve_backend("vllm", 2)
+def test_vllm_under_several_processes_is_allowed(fake_vllm, monkeypatch):
+    """Several processes: one external-launcher engine per rank (or per tensor-parallel group), so vLLM is no
+    longer refused, and ``auto`` picks it whenever it is installed and a GPU is there."""
+    assert resolve_backend("vllm", 2) == "vllm"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert resolve_backend("auto", 1) == "vllm"
-    assert resolve_backend("auto", 2) == "transformers"
+    assert resolve_backend("auto", 1) == resolve_backend("auto", 8) == "vllm"
+
+
+def test_engine_groups():
+    assert [engine_groups(4, r, 1) for r in range(4)] == [(4, 0), (4, 1), (4, 2), (4, 3)]
+    assert [engine_groups(4, r, 2) for r in range(4)] == [(2, 0), (2, 0), (2, 1), (2, 1)]
+    with pytest.raises(ValueError, match="must divide the number of processes"):
+        engine_groups(3, 0, 2)
+
+
+def _launch_generate(model_dir, prompts_file, out, processes: int, tp: int, log) -> None:
+    """``imitalign generate --backend vllm`` under ``accelerate launch`` (torchrun, gloo on this CPU), the vllm
+    stand-in importable in the launched processes."""
+    from tests.helpers import REPO
+    from tests.test_distributed import _free_port
+
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(_free_port()), "-m", "imitalign.cli", "generate", str(model_dir), str(prompts_file), "--out", str(out),
+           "--k", str(K), "--max-new-tokens", str(MAX_NEW), "--seed", "5", "--temperature", "0.8", "--backend", "vllm",
+           "--chat-template", "none", "--tensor-parallel-size", str(tp)]
+    path = os.pathsep.join([str(REPO / "tests" / "vllm_standin"), str(REPO)])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, TOKENIZERS_PARALLELISM="false")
+    env[LOG_ENV] = str(log)
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+
+@pytest.mark.parametrize("tp", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_vllm_engines_under_two_processes_equal_one(fake_vllm, model_dir, tmp_path, tp):
+    """2 launched processes: each rank builds its own external-launcher engine (cuda:LOCAL_RANK, its own shard of
+    the prompts); with tensor_parallel_size 2 both ranks form one engine and send it every prompt. Both give the
+    rows of one in-process engine (per-row seeds), with exactly K per prompt. Cost: one launch (~40 s at load 8)."""
+    prompts_file = tmp_path / "prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    from imitalign.generate.kshot import load_prompt_set
+
+    prompt_set = load_prompt_set(str(prompts_file), AutoTokenizer.from_pretrained(model_dir), chat_template="none",
+                                 max_new_tokens=MAX_NEW)
+    generate_k(model_dir, prompt_set, tmp_path / "one.jsonl", backend="vllm", k=K, max_new_tokens=MAX_NEW, seed=5,
+               temperature=0.8)
+    one = [json.loads(line) for line in (tmp_path / "one.jsonl").read_text().splitlines()]
+    check_k(one, len(PROMPTS), K)
+    log = tmp_path / f"engines_tp{tp}.jsonl"
+    _launch_generate(model_dir, prompts_file, tmp_path / f"two_tp{tp}.jsonl", 2, tp, log)
+    two = [json.loads(line) for line in (tmp_path / f"two_tp{tp}.jsonl").read_text().splitlines()]
+    assert [r["logp"] for r in one] == pytest.approx([r.pop("logp") for r in two], abs=1e-5)
+    assert [{k: v for k, v in r.items() if k != "logp"} for r in one] == two, tp
+    engines = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda e: e["rank"])
+    assert [e["rank"] for e in engines] == ["0", "1"]
+    assert [e["device"] for e in engines] == ["cuda:0", "cuda:1"]  # each rank's engine on its own GPU
+    for e in engines:
+        assert e["kwargs"]["distributed_executor_backend"] == "external_launcher"
+        assert e["kwargs"]["tensor_parallel_size"] == tp
+        assert e["kwargs"]["max_model_len"] == max(map(len, prompt_set.prompt_ids)) + MAX_NEW  # the same engine
+    # tp 1: the 5 prompts (K requests each at temperature > 0: one request of n = K) split 3 + 2; tp 2: all 5 twice
+    assert [e["n"] for e in engines] == ([3, 2] if tp == 1 else [5, 5])

@@ -7,6 +7,7 @@ multi-step rejection sampling).
     imitalign iterate CONFIG.yaml [--set rounds=2]
     imitalign rejection CONFIG.yaml                                      (iterate with a rejection section)
     imitalign iterate-summary runs/online/*/seed*                        (mean ± se over seeds, per arm)
+    imitalign iterate-stage RUN/iterate_config.yaml --stage S --round T  (one stage as its own job; see launch:)
 """
 
 from __future__ import annotations
@@ -34,8 +35,10 @@ def generate(
     chat_template: Annotated[str, typer.Option(help="auto | none | a template name or path")] = "auto",
     max_length: Annotated[int, typer.Option(help="prompt + response tokens at most")] = 1024,
     limit: Annotated[int | None, typer.Option(help="first N prompt rows only")] = None,
+    tensor_parallel_size: Annotated[int, typer.Option(help="vllm: GPUs (processes) per engine")] = 1,
 ) -> None:
-    """K samples per prompt (exactly K for every prompt, also sharded under accelerate launch)."""
+    """K samples per prompt (exactly K for every prompt, also sharded under accelerate launch: one vLLM engine per
+    process, or per tensor_parallel_size processes)."""
     from imitalign.config import DataSource, ModelConfig
     from imitalign.generate.kshot import generate_k, load_prompt_set
     from imitalign.model.load import load_tokenizer
@@ -62,6 +65,7 @@ def generate(
         batch_size=batch_size,
         backend=backend,
         progress=True,
+        tensor_parallel_size=tensor_parallel_size,
     )
     if is_main():
         typer.echo(
@@ -165,6 +169,25 @@ def rejection(
 ) -> None:
     """Multi-step rejection sampling toward π_0·exp(r/η) (statistical or best-of-n; SFT or RSO form)."""
     _iterate(config, set_, need_rejection=True)
+
+
+@app.command("iterate-stage")
+@friendly
+def iterate_stage(
+    config: Annotated[str, typer.Argument(help="the run's saved iterate_config.yaml")],
+    stage: Annotated[str, typer.Option("--stage", help="generate | score | train")],
+    round_: Annotated[int, typer.Option("--round", help="the round (1..T)")],
+    model: Annotated[str | None, typer.Option(help="generate: the sampling policy π_{t-1}")] = None,
+    init: Annotated[str | None, typer.Option(help="train: the starting model")] = None,
+    reference: Annotated[str | None, typer.Option(help="train: the reference model")] = None,
+    data: Annotated[str | None, typer.Option(help="train: the round's training file")] = None,
+) -> None:
+    """One stage of one round of an iterate run, as its own job (what a ``launch:`` entry runs under accelerate
+    launch); reads and writes the round's files."""
+    from imitalign.loops.stage_jobs import run_stage
+
+    setup_logging()
+    run_stage(config, stage, round_, model=model, init=init, reference=reference, data=data)
 
 
 @app.command("iterate-summary")

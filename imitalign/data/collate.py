@@ -163,6 +163,11 @@ def _collate_packed(
     width = _width([max(lengths), row_width or 0], pad_to_multiple_of)
     placement = pack_rows(lengths, width)
     n_rows = len(placement)
+    if n_rows == len(rows):  # no two sequences share a row: packing saves nothing, the padded layout is as small
+        batch = _collate(rows, pad_id, pad_to_multiple_of)
+        n = len(rows)
+        batch.update(target_index(rows, list(range(n)), [0] * n, batch["input_ids"].shape[1]))
+        return batch
     input_ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
     position_ids = torch.zeros((n_rows, width), dtype=torch.long)
     attention_mask = torch.zeros((n_rows, width), dtype=torch.long)
@@ -202,7 +207,11 @@ def collate_pairs_packed(
     - ``attention_mask`` 1 on real tokens (for counting; the engine does not pass it to the model);
     - ``response_mask`` False on a sequence's first token, which has no predicting position in its own sequence;
     - the index tensors of :func:`target_index`, in sequence order ``0..2B-1``, so that per-sequence results come
-      back in the row order of :func:`collate_pairs`."""
+      back in the row order of :func:`collate_pairs`.
+
+    When packing puts no two sequences in one row (equal lengths, or lengths that do not fit together), it would
+    save no token slot: the batch is then the padded one (:func:`collate_pairs` with the index tensors, no
+    ``position_ids``) — at most as wide, and the model gets the plain causal attention of a padded batch."""
     rows = [(it.prompt_ids, it.chosen_ids) for it in items] + [(it.prompt_ids, it.rejected_ids) for it in items]
     return _collate_packed(rows, pad_id, row_width, pad_to_multiple_of)
 

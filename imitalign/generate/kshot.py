@@ -17,8 +17,9 @@ Sample rows (contracts.md): ``{"prompt", "response", "sample_idx", "n_tokens", "
 "prompt_index"}`` plus the prompt row's other columns (kept) and ``"policy"`` when a name is given.
 
 Backends: ``transformers`` (the sampler: batched, KV cache, prompts grouped by length) and ``vllm``
-(:mod:`imitalign.generate.vllm_backend`, same schema, used when installed); ``auto`` picks vLLM when it is
-installed and a GPU is present.
+(:mod:`imitalign.generate.vllm_backend`, same schema, used when installed; under ``accelerate launch`` one
+engine per process on the process's GPU, or one per ``tensor_parallel_size`` processes, prompts sharded over the
+engines); ``auto`` picks vLLM when it is installed and a GPU is present.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -185,9 +186,10 @@ def check_k(rows: Sequence[dict[str, Any]], n_prompts: int, k: int, where: str =
 
 
 def resolve_backend(name: str, processes: int = 1) -> str:
-    """The backend that ``name`` means here: ``auto`` is vLLM when it is installed, a GPU is there and this is
-    one process, else transformers. vLLM under several processes is refused: vLLM 0.33's in-process engine takes
-    device ``cuda`` = GPU 0 in every process (it does not follow accelerate's per-process device)."""
+    """The backend that ``name`` means here: ``auto`` is vLLM when it is installed and a GPU is there, else
+    transformers. Under several processes vLLM runs one engine per process, each on its process's GPU
+    (:mod:`imitalign.generate.vllm_backend`); ``processes`` is kept for callers that pass it."""
+    del processes  # (vLLM under several processes: external-launcher engines, one per rank)
     if name not in BACKENDS:
         raise ValueError(f"unknown generation backend {name!r}; known: {', '.join(BACKENDS)}")
     if name == "auto":
@@ -195,19 +197,23 @@ def resolve_backend(name: str, processes: int = 1) -> str:
 
         import torch
 
-        vllm_ok = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available() and processes == 1
+        vllm_ok = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
         return "vllm" if vllm_ok else "transformers"
     if name == "vllm":
         from imitalign.generate.vllm_backend import require_vllm
 
         require_vllm()
-        if processes > 1:
-            raise ValueError(
-                f"generate.backend 'vllm' under {processes} processes: every process's vLLM engine would sit on "
-                "GPU 0. Sample with vLLM in one process (it batches the whole prompt set itself), or use backend "
-                "'transformers' (or 'auto') under accelerate launch"
-            )
     return name
+
+
+def engine_groups(world: int, rank: int, tensor_parallel_size: int) -> tuple[int, int]:
+    """``(groups, group)``: the processes form ``world / p`` engines of ``p = tensor_parallel_size`` consecutive
+    ranks; prompts are sharded over the engines, and this rank belongs to engine ``group``."""
+    if tensor_parallel_size < 1 or world % tensor_parallel_size:
+        raise ValueError(
+            f"generate.tensor_parallel_size {tensor_parallel_size} must divide the number of processes ({world})"
+        )
+    return world // tensor_parallel_size, rank // tensor_parallel_size
 
 
 def sample_shard(
@@ -257,72 +263,96 @@ def generate_k(
     policy: str | None = None,
     progress: bool = False,
     dtype: str = "auto",
+    tensor_parallel_size: int = 1,
+    after_shard: Callable[[], None] | None = None,
 ) -> GenerationStats:
     """Write ``k`` samples of every prompt of ``prompts`` from the model at ``model_path`` to ``out`` (module
     docstring), sharded over the processes of the current ``accelerate`` state (one process when not
-    launched). Returns the :class:`GenerationStats` (tokens and seconds filled in on the main process)."""
+    launched) — over its vLLM engines of ``tensor_parallel_size`` processes each with the vLLM backend.
+    ``after_shard`` runs once this process's shard is written (a fault-injection point). Returns the
+    :class:`GenerationStats` (tokens and seconds filled in on the main process)."""
     if k < 1:
         raise ValueError(f"K must be at least 1, got {k}")
     state = process_state()
     world, rank = state.num_processes, state.process_index
     backend = resolve_backend(backend, world)
+    if backend != "vllm" and tensor_parallel_size != 1:
+        raise ValueError("generate.tensor_parallel_size > 1 needs the vllm backend")
+    groups, group = engine_groups(world, rank, tensor_parallel_size)
     out = Path(out)
-    mine = shard(len(prompts), world, rank)
+    mine = shard(len(prompts), groups, group)
+    kw = {"k": k, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens, "seed": seed}
     t0 = time.perf_counter()
     if backend == "vllm":
-        from imitalign.generate.vllm_backend import sample_vllm
-
-        samples = sample_vllm(
-            str(model_path),
-            [prompts.prompt_ids[i] for i in mine],
-            list(mine),
-            n=k,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            dtype=dtype,
-        )
+        samples = _sample_vllm(model_path, prompts, mine, dtype, tensor_parallel_size, world, **kw)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from imitalign.model.load import resolve_dtype
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=resolve_dtype(dtype))
-        model = model.to(state.device).eval()
-        samples = sample_shard(
-            model,
-            tokenizer,
-            prompts,
-            mine,
-            k=k,
-            temperature=temperature,
-            top_p=top_p,
-            max_new_tokens=max_new_tokens,
-            seed=seed,
-            batch_size=batch_size,
-            progress=progress and state.is_main_process,
-        )
+        samples = _sample_transformers(model_path, prompts, mine, dtype, batch_size, progress, **kw)
     seconds = time.perf_counter() - t0
-    shard_path = _shard_path(out, rank, world)
-    write_jsonl(shard_path, rows_of(prompts, samples, policy))
-    Path(f"{shard_path}.json").write_text(json.dumps({"tokens": sum(s.n_tokens for s in samples), "seconds": seconds}))
+    if rank % tensor_parallel_size == 0:  # one writer per engine (the ranks of a tensor-parallel group agree)
+        shard_path = _shard_path(out, group, groups)
+        write_jsonl(shard_path, rows_of(prompts, samples, policy))
+        meta = {"tokens": sum(s.n_tokens for s in samples), "seconds": seconds}
+        Path(f"{shard_path}.json").write_text(json.dumps(meta))
+    if after_shard is not None:
+        after_shard()
     state.wait_for_everyone()
     stats = GenerationStats(prompts=len(prompts), samples=len(prompts) * k, processes=world, backend=backend)
     if state.is_main_process:
-        rows: list[dict[str, Any]] = []
-        for r in range(world):
-            rows += read_jsonl(_shard_path(out, r, world))
-        rows.sort(key=lambda row: (row["prompt_index"], row["sample_idx"]))
-        check_k(rows, len(prompts), k, where=str(out))
-        write_jsonl(out, rows)
-        for r in range(world):
-            part = _shard_path(out, r, world)
-            meta = json.loads(Path(f"{part}.json").read_text())
-            stats.tokens += meta["tokens"]
-            stats.seconds = max(stats.seconds, meta["seconds"])
-            part.unlink()
-            Path(f"{part}.json").unlink()
+        _merge_shards(out, groups, len(prompts), k, stats)
     state.wait_for_everyone()
     return stats
+
+
+def _sample_vllm(
+    model_path: str | Path, prompts: PromptSet, mine: list[int], dtype: str, tp: int, world: int, **kw: Any
+) -> list[Sample]:
+    from imitalign.generate.vllm_backend import sample_vllm
+
+    return sample_vllm(
+        str(model_path),
+        [prompts.prompt_ids[i] for i in mine],
+        list(mine),
+        n=kw["k"],
+        temperature=kw["temperature"],
+        top_p=kw["top_p"],
+        max_new_tokens=kw["max_new_tokens"],
+        seed=kw["seed"],
+        dtype=dtype,
+        tensor_parallel_size=tp,
+        external_launcher=world > 1,  # one engine per rank (group), on the rank's own GPU
+        max_model_len=max(map(len, prompts.prompt_ids)) + kw["max_new_tokens"],  # the same engine on every rank
+    )
+
+
+def _sample_transformers(
+    model_path: str | Path, prompts: PromptSet, mine: list[int], dtype: str, batch_size: int, progress: bool, **kw: Any
+) -> list[Sample]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from imitalign.model.load import resolve_dtype
+
+    state = process_state()
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=resolve_dtype(dtype))
+    model = model.to(state.device).eval()
+    return sample_shard(
+        model, tokenizer, prompts, mine, batch_size=batch_size, progress=progress and state.is_main_process, **kw
+    )
+
+
+def _merge_shards(out: Path, groups: int, n_prompts: int, k: int, stats: GenerationStats) -> None:
+    """The main process: the shards' rows, checked (exactly K per prompt) and sorted, to ``out``; the shards
+    removed; tokens and the slowest shard's seconds added to ``stats``."""
+    rows: list[dict[str, Any]] = []
+    for g in range(groups):
+        rows += read_jsonl(_shard_path(out, g, groups))
+    rows.sort(key=lambda row: (row["prompt_index"], row["sample_idx"]))
+    check_k(rows, n_prompts, k, where=str(out))
+    write_jsonl(out, rows)
+    for g in range(groups):
+        part = _shard_path(out, g, groups)
+        meta = json.loads(Path(f"{part}.json").read_text())
+        stats.tokens += meta["tokens"]
+        stats.seconds = max(stats.seconds, meta["seconds"])
+        part.unlink()
+        Path(f"{part}.json").unlink()

@@ -23,9 +23,18 @@ of vLLM 0.33.0 (offline ``LLM`` API, V1 engine) and tested against a stand-in wi
 - ``max_model_len`` is the longest prompt plus ``max_new_tokens`` (vLLM would otherwise reserve the KV cache
   for the model's whole context).
 
-Not handled: vLLM picks its GPU itself (``cuda:0`` of the visible devices), so under ``accelerate launch`` every
-process's engine would share GPU 0; :func:`imitalign.generate.kshot.resolve_backend` refuses vLLM under several
-processes (``auto`` falls back to transformers there). One process with vLLM batches the whole prompt set itself.
+Several processes (``accelerate launch``, i.e. torchrun): each process builds its own engine with
+``distributed_executor_backend="external_launcher"`` (vLLM's mode for torchrun-launched processes, also what TRL's
+colocated vLLM uses): vLLM then takes the launcher's ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE``, puts each
+process's worker on ``cuda:LOCAL_RANK`` and runs no engine subprocess. With ``tensor_parallel_size`` 1 every
+process is an independent engine on its own GPU (data parallel: the prompts are sharded by the caller); with
+``tensor_parallel_size`` p, consecutive groups of p processes form one engine each (vLLM's tensor-parallel groups
+over the launcher's ranks), and every process of a group must send the same prompts (the caller shards by group).
+vLLM's own ``data_parallel_size`` is not used: in vLLM 0.33 offline data parallel is refused for dense models
+outside external-launcher mode, and under it only couples the engines' steps (needed for MoE expert layers).
+One process with ``tensor_parallel_size`` p > 1 lets vLLM start its p workers itself (the GPUs must be visible).
+A model too large for one machine's GPUs needs vLLM's Ray backend across machines, which this module does not set
+up (see docs/scale.md).
 """
 
 from __future__ import annotations
@@ -59,27 +68,38 @@ def sample_vllm(
     seed: int = 0,
     dtype: str = "auto",
     llm: Any = None,
+    tensor_parallel_size: int = 1,
+    external_launcher: bool = False,
+    max_model_len: int | None = None,
 ) -> list[Sample]:
     """``n`` samples of each prompt (ids), as :class:`~imitalign.generate.sampler.Sample` with global
     ``prompt_index``, sorted by ``(prompt_index, sample_idx)``; ``llm`` reuses a ``vllm.LLM`` already built
-    for ``model_path`` (built with ``logprobs_mode="raw_logprobs"``, the default)."""
+    for ``model_path`` (built with ``logprobs_mode="raw_logprobs"``, the default). ``external_launcher``: this
+    process is one rank of an ``accelerate launch`` / torchrun job (module docstring); every rank must call this,
+    an empty shard included (the engine's construction is collective). ``max_model_len``: default, the longest
+    prompt here plus ``max_new_tokens``."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError("n and max_new_tokens must be >= 1")
     if len(prompt_ids) != len(prompt_indices):
         raise ValueError("prompt_indices must give one index per prompt")
-    if not prompt_ids:
+    if not prompt_ids and not external_launcher:
         return []
     require_vllm()
     from vllm import LLM, SamplingParams
 
     if llm is None:
+        launcher = {"distributed_executor_backend": "external_launcher"} if external_launcher else {}
         llm = LLM(
             model=model_path,
             dtype=dtype,
-            seed=seed,
+            seed=seed,  # the same on every rank (a tensor-parallel group must draw alike); rows have their own seeds
             logprobs_mode="raw_logprobs",
-            max_model_len=max(len(p) for p in prompt_ids) + max_new_tokens,
+            max_model_len=max_model_len or max((len(p) for p in prompt_ids), default=1) + max_new_tokens,
+            tensor_parallel_size=tensor_parallel_size,
+            **launcher,
         )
+    if not prompt_ids:
+        return []
     tokenizer = llm.get_tokenizer()
     per_request = 1 if temperature < GREEDY_EPS else n
     requests, params, names = [], [], []

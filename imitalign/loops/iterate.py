@@ -76,6 +76,7 @@ from imitalign.loops.iterate_report import (
     summarize_runs,
     write_iterate_report,
 )
+from imitalign.loops.launch import fault_point, run_stage_job
 from imitalign.loops.pairs import (
     DEMO_MODES,
     OWN_SAMPLES,
@@ -86,7 +87,8 @@ from imitalign.loops.pairs import (
     self_play_pairs,
 )
 from imitalign.loops.rejection import accept
-from imitalign.loops.scoring import check_samples, read_rows, write_rows
+from imitalign.loops.scoring import read_rows, write_rows
+from imitalign.loops.stage_jobs import CONFIG_NAME, generate_stage, gold_column_source, score_stage, stage_command
 from imitalign.loops.stages import model_fingerprint, read_json, todo, train_or_reuse, write_json
 from imitalign.processes import is_main, on_main, process_count
 from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
@@ -403,6 +405,8 @@ def _sample_stage(cfg: IterateConfig, rd: Path, t: int, model: str, pi0: str) ->
         "batch_size": g.batch_size,
         "backend": g.backend,
         "dtype": g.dtype,
+        "tensor_parallel_size": g.tensor_parallel_size,
+        "after_shard": lambda: fault_point("generate", t),
     }
     if g.enhancer is None:
         st = generate_k(
@@ -514,7 +518,7 @@ def _same_run(saved: Any, dumped: dict[str, Any]) -> bool:
     if saved == dumped:
         return True
     try:
-        return parse_iterate_config(saved).model_dump(mode="json") == dumped
+        return parse_iterate_config(saved).model_dump(mode="json", exclude={"launch"}) == dumped
     except ConfigError:
         return False
 
@@ -538,37 +542,10 @@ def _offline_stage(cfg: IterateConfig, rd: Path) -> None:
     write_json(rd / "selection.json", {"offline": cfg.offline.path, "train_examples": len(rows)})
 
 
-def _score_stage(cfg: IterateConfig, pf: Preflight, rd: Path) -> None:
-    """``scored.jsonl`` (the samples with ``score`` and, on the gym, ``gold``) and ``scoring.json``."""
-    rows = read_rows(rd / "samples.jsonl")
-    check_samples(rows, cfg.generate.k, str(rd / "samples.jsonl"))
-    t0 = time.perf_counter()
-    scores = None if pf.reward is None else score_rows(pf.reward, rows, batch_size=cfg.reward.batch_size * 8)  # type: ignore[union-attr]
-    seconds = time.perf_counter() - t0
-    loop_gold = cfg.reward is not None and cfg.reward.kind == "gold"
-    gold = None
-    eval_gold = cfg.eval is not None and cfg.eval.reward is not None and cfg.eval.reward.kind == "gold"
-    if eval_gold and not loop_gold:
-        gold = score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]  # logged next to the samples
-    out_rows = []
-    for i, row in enumerate(rows):
-        if scores is not None:
-            row = {**row, "score": scores[i]}
-        if gold is not None:
-            row["gold"] = gold[i]
-        elif loop_gold:
-            row["gold"] = scores[i]  # type: ignore[index]
-        out_rows.append(row)
-    write_rows(rd / "scored.jsonl", out_rows)
-    write_json(
-        rd / "scoring.json",
-        {
-            "seconds": seconds,
-            "rows": len(rows),
-            "reward": None if pf.reward is None else pf.reward.name,
-            "mean_score": None if scores is None else statistics.fmean(scores),
-        },
-    )
+def _score_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int) -> None:
+    """``scored.jsonl`` and ``scoring.json`` (:func:`imitalign.loops.stage_jobs.score_stage`; every process
+    scores its shard, the main process writes)."""
+    score_stage(cfg, pf.reward, gold_column_source(cfg, pf.eval_reward), rd, t)
 
 
 def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_set: Any) -> Any:
@@ -631,21 +608,27 @@ def run_iterate(
     main = is_main()
     _say = say or (lambda m: print(f"[iterate] {m}", flush=True))
     say = _say if main else (lambda m: None)
-    dumped = cfg.model_dump(mode="json")
+    dumped = cfg.model_dump(mode="json", exclude={"launch"})  # (how stages are launched is not what they compute)
+    if cfg.launch.any() and process_count() > 1:
+        raise ConfigError(
+            "launch: runs stages as their own jobs from one orchestrating process; run imitalign iterate itself "
+            "without accelerate launch"
+        )
     _check_same_run(root, dumped)
     pf = preflight(cfg, say)
     on_main(lambda: _save_config(root, dumped))
     run = _Run(cfg, pf, root, say, quiet, main, on_stage)
     pi0 = cfg.policy
     run.pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
-    run.pi0_model = _load_causal(pi0) if cfg.eval is not None and main else None
+    if cfg.eval is not None and main and not cfg.launch.any():  # (launched stages need the GPUs: loaded per eval)
+        run.pi0_model = _load_causal(pi0)
 
     # round 0: π_0 itself
     r0 = root / "round_0"
     baseline = None
     if cfg.eval is not None:
         if todo(r0 / "eval.json"):
-            on_main(lambda: _eval_stage(cfg, pf, pi0, run.pi0_model, None, r0))
+            on_main(lambda: run.evaluate(pi0, None, r0))
             run.done(0, "eval")
         baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
 
@@ -657,7 +640,7 @@ def run_iterate(
         prompt_set = _data_stages(run, rd, t, model, prompt_set)
         model = _train_stage(run, rd, t, model)
         if cfg.eval is not None and todo(rd / "eval.json"):
-            on_main(lambda rd=rd, model=model: _eval_stage(cfg, pf, model, run.pi0_model, baseline, rd))
+            on_main(lambda rd=rd, model=model: run.evaluate(model, baseline, rd))
             run.done(t, "eval")
         if cfg.eval is not None:
             g = read_json(rd / "eval.json")["gold_reward"]
@@ -689,9 +672,23 @@ class _Run:
         if self.on_stage is not None:
             self.on_stage(t, stage)
 
+    def evaluate(self, model_dir: str, baseline: list[float] | None, rd: Path) -> None:
+        """``eval.json`` of ``model_dir``; π_0 is the one kept loaded, or (stages launched as jobs, which need the
+        GPUs in between) loaded for this evaluation only."""
+        pi0 = self.pi0_model if self.pi0_model is not None else _load_causal(self.cfg.policy)
+        _eval_stage(self.cfg, self.pf, model_dir, pi0, baseline, rd)
+
+    def job(self, stage: str, t: int, **paths: str | None) -> bool:
+        """Run ``stage`` of round ``t`` as its own launched job when the config's ``launch`` names it."""
+        spec = self.cfg.launch.of(stage)
+        if spec is None:
+            return False
+        run_stage_job(spec, stage, t, stage_command(self.root / CONFIG_NAME, stage, t, **paths), self.say)
+        return True
+
 
 def _check_same_run(root: Path, dumped: dict[str, Any]) -> None:
-    saved = root / "iterate_config.yaml"
+    saved = root / CONFIG_NAME
     if saved.exists() and not _same_run(yaml.safe_load(saved.read_text()), dumped):
         raise ConfigError(
             f"{root} holds a run of a different configuration ({saved}); use a new run.output_dir, or delete it"
@@ -699,7 +696,7 @@ def _check_same_run(root: Path, dumped: dict[str, Any]) -> None:
 
 
 def _save_config(root: Path, dumped: dict[str, Any]) -> None:
-    saved = root / "iterate_config.yaml"
+    saved = root / CONFIG_NAME
     root.mkdir(parents=True, exist_ok=True)
     tmp = saved.with_name(saved.name + ".tmp")
     tmp.write_text(yaml.safe_dump(dumped, sort_keys=False))
@@ -717,20 +714,13 @@ def _data_stages(run: _Run, rd: Path, t: int, model: str, prompt_set: Any) -> An
         if todo(rd / "prompts.jsonl"):
             prompt_set = on_main(lambda ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
             run.done(t, "prompts")
-        if todo(rd / "samples.jsonl"):  # every process samples its shard of the prompts
-            info = _sample_stage(cfg, rd, t, model, cfg.policy)
-
-            def generated() -> None:
-                write_json(rd / "generation.json", info["generation"])
-                say(
-                    f"round {t}: sampled {info['generation']['samples']} responses from π_{t - 1} "
-                    f"({info['generation']['tokens_per_s']:.0f} tokens/s)"
-                )
-
-            on_main(generated)
+        if todo(rd / "samples.jsonl"):  # every process (of the job) samples its shard of the prompts
+            if not run.job("generate", t, model=model):
+                generate_stage(cfg, rd, t, model, cfg.policy, say)
             run.done(t, "samples")
-        if todo(rd / "scored.jsonl"):
-            on_main(lambda: _score_stage(cfg, pf, rd))
+        if todo(rd / "scored.jsonl"):  # every process (of the job) scores its shard of the samples
+            if not run.job("score", t):
+                _score_stage(cfg, pf, rd, t)
             run.done(t, "scored")
     if todo(rd / "train_data.jsonl"):  # pairs / accepted
 
@@ -768,7 +758,10 @@ def _train_stage(run: _Run, rd: Path, t: int, model: str) -> str:
     if not todo(rd / "training.json"):
         return train_or_reuse(tcfg, say=run.say, quiet=run.quiet)["model_dir"]  # reuses the finished run
     t0 = time.perf_counter()
-    summary = train_or_reuse(tcfg, say=run.say, quiet=run.quiet or not run.main)
+    if run.job("train", t, init=init, reference=ref, data=str(data_path)):
+        summary = read_json(Path(tcfg.run.output_dir) / "summary.json")
+    else:
+        summary = train_or_reuse(tcfg, say=run.say, quiet=run.quiet or not run.main)
     seconds = time.perf_counter() - t0
 
     def trained() -> None:

@@ -24,6 +24,7 @@ from imitalign.config import (
     read_yaml_mapping,
     validate_config,
 )
+from imitalign.loops.launch import LaunchConfig
 from imitalign.loops.pairs import DEMO_MODES, MODES
 from imitalign.loops.rejection import ACCEPTANCE, incremental_etas
 from imitalign.loops.stages import train_or_reuse
@@ -50,6 +51,7 @@ class GenerateConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     backend: Literal["transformers", "vllm", "auto"] = "transformers"
     dtype: str = "auto"
+    tensor_parallel_size: int = Field(1, ge=1)  # vllm: GPUs per engine (a model too large for one GPU)
     enhancer: EnhancerConfig | None = None
 
 
@@ -154,6 +156,7 @@ class IterateConfig(_Strict):
     start: Literal["warm", "retrain_union"] = "warm"
     eval: EvalConfig | None = None
     gym: GymSetup | None = None
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)  # stages run as their own jobs (loops/launch.py)
 
     @model_validator(mode="after")
     def _check(self) -> IterateConfig:

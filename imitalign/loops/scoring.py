@@ -10,7 +10,7 @@ is an error, not a silent loss of rows (the public code of the paper dropped eve
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,37 @@ def score_samples(
     check_samples(rows, k)
     scores = score_rows(source, list(rows), batch_size=batch_size)
     return [{**row, column: s} for row, s in zip(rows, scores, strict=True)]
+
+
+def score_sharded(
+    source: RewardSource,
+    rows: Sequence[dict[str, Any]],
+    *,
+    batch_size: int | None = None,
+    after_shard: Callable[[], None] | None = None,
+) -> list[float]:
+    """:func:`~imitalign.reward.base.score_rows` over the processes of the current ``accelerate`` state: process
+    ``r`` of ``W`` scores rows ``r, r + W, ...`` (with its own copy of the source, on its own device), and every
+    process gets all the scores in row order. One process: ``score_rows``. ``after_shard`` runs once this process's
+    rows are scored (a fault-injection point)."""
+    from imitalign.generate.kshot import shard
+    from imitalign.processes import process_state
+
+    state = process_state()
+    mine = shard(len(rows), state.num_processes, state.process_index)
+    scores = score_rows(source, [rows[i] for i in mine], batch_size=batch_size)
+    if after_shard is not None:
+        after_shard()
+    if state.num_processes == 1:
+        return scores
+    from accelerate.utils import gather_object
+
+    out: list[float | None] = [None] * len(rows)
+    for i, s in gather_object(list(zip(mine, scores, strict=True))):
+        out[i] = s
+    if any(s is None for s in out):
+        raise RuntimeError(f"scoring over {state.num_processes} processes lost rows")
+    return out  # type: ignore[return-value]
 
 
 def score_file(

@@ -36,10 +36,13 @@ def todo(path: str | Path) -> bool:
     return main_decides(not Path(path).exists())
 
 
-def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool = False) -> dict[str, Any]:
+def train_or_reuse(
+    cfg: Config, say: Callable[[str], None] = _say, quiet: bool = False, resume: bool = False
+) -> dict[str, Any]:
     """Train, unless the run folder already holds a finished run of exactly this configuration; returns the
-    run's ``summary.json``. An unfinished or different run in the folder is removed and trained again. Under
-    ``accelerate launch`` every process trains (data-parallel); the main process decides and cleans up."""
+    run's ``summary.json``. An unfinished or different run in the folder is removed and trained again — or, with
+    ``resume``, an unfinished run with a checkpoint of this configuration is continued from its newest checkpoint.
+    Under ``accelerate launch`` every process trains (data-parallel); the main process decides and cleans up."""
     from imitalign.train.loop import train
 
     run_dir = Path(cfg.run.output_dir)
@@ -48,11 +51,25 @@ def train_or_reuse(cfg: Config, say: Callable[[str], None] = _say, quiet: bool =
         if is_main():
             say(f"reusing {run_dir}")
         return json.loads(summary.read_text())
-    if is_main() and run_dir.exists():
+    go_on = resume and main_decides(_resumable(run_dir, cfg))
+    if is_main() and run_dir.exists() and not go_on:
         shutil.rmtree(run_dir)  # an unfinished or different run: start it again
+    if go_on and is_main():
+        say(f"resuming {run_dir} from its newest checkpoint")
     barrier()
-    result = train(cfg, quiet=quiet)  # (returns on every process once the main one has written summary.json)
+    result = train(cfg, quiet=quiet, resume=go_on)  # (returns on every process once the main one wrote summary.json)
     return json.loads((result.run_dir / "summary.json").read_text())
+
+
+def _resumable(run_dir: Path, cfg: Config) -> bool:
+    """The run folder holds a complete checkpoint written by this configuration."""
+    from imitalign.train.checkpoint import STATE_FILE, latest_checkpoint
+    from imitalign.train.loop import config_fingerprint
+
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return False
+    return json.loads((ckpt / STATE_FILE).read_text()).get("config_fingerprint") == config_fingerprint(cfg)
 
 
 def _same_config(saved: Path, cfg: Config) -> bool:

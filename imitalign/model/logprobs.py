@@ -57,6 +57,68 @@ def _head_logps(hidden: Tensor, head: nn.Module, targets: Tensor) -> tuple[Tenso
     return picked - values, values
 
 
+# Without a backward (reference pass, evaluation) the logits are computed in chunks of at most this many
+# elements (64 MB in fp32): nothing is kept for backward, so chunking costs nothing and bounds the pass's memory.
+# logsumexp's ``[rows, V]`` temporary is bounded the same way in every path.
+_NOGRAD_ELEMS = 1 << 24
+# ``chunk_tokens="auto"``: chunk the head (recompute its logits in backward) only when the logits it would keep
+# exceed AUTO_CHUNK_BYTES *and* the recomputation (one ``[M, H] × [H, V]`` matmul) is estimated below
+# AUTO_CHUNK_MAX_COST of the step's FLOPs — true of large models (an 8B Llama: ~1 %), false of the benchmark's
+# tiny one, whose head is most of its compute (~13 %: there the logits are kept, see benchmarks/README.md).
+AUTO_CHUNK_BYTES = 256 * 2**20
+AUTO_CHUNK_MAX_COST = 0.05
+
+
+def _lse_pick(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(z[t] − logsumexp z, logsumexp z)`` per row of fp32 logits ``z [m, V]``; logsumexp over row blocks of
+    ``_NOGRAD_ELEMS`` elements, so that its temporary is not a second ``[m, V]`` tensor (same numbers)."""
+    rows = max(1, _NOGRAD_ELEMS // max(z.shape[1], 1))
+    if z.shape[0] <= rows:
+        lse = torch.logsumexp(z, dim=-1)
+    else:
+        lse = torch.cat([torch.logsumexp(b, dim=-1) for b in z.split(rows)])
+    return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, lse
+
+
+def auto_chunk(m: int, tokens: int, body_params: int, hidden: int, vocab: int) -> int | None:
+    """The chunk of ``chunk_tokens="auto"`` for ``m`` head positions in a step of ``tokens`` token slots through
+    a body of ``body_params`` parameters: None (keep the logits) unless they are big and recomputing them is
+    cheap (``AUTO_CHUNK_BYTES``, ``AUTO_CHUNK_MAX_COST``). FLOPs: body ``6·N·T``, head ``6·M·H·V``, recompute
+    ``2·M·H·V``."""
+    if 4 * m * vocab <= AUTO_CHUNK_BYTES:
+        return None
+    head = m * hidden * vocab
+    if 2 * head > AUTO_CHUNK_MAX_COST * (6 * body_params * tokens + 6 * head):
+        return None
+    return max(1, _NOGRAD_ELEMS // vocab)
+
+
+def _softmax_grad_(z: Tensor, lse: Tensor, g_lp: Tensor, g_v: Tensor, targets: Tensor) -> Tensor:
+    """``∂z = softmax(z) · (g_v − g_lp) + onehot(t) · g_lp``, formed in place in ``z``."""
+    z.sub_(lse.unsqueeze(-1)).exp_().mul_((g_v - g_lp).unsqueeze(-1))
+    return z.scatter_add_(-1, targets.unsqueeze(-1), g_lp.unsqueeze(-1))
+
+
+def _chunked_logps(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int | None, keep: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``(log-probs, lse, kept logits)`` over chunks of ``chunk`` positions (one chunk when None); the fp32
+    logits of the single chunk are returned for backward when ``keep``."""
+    m = hidden.shape[0]
+    step = max(chunk or m, 1)
+    lps, lses, kept = [], [], None
+    for s in range(0, m, step):
+        z = torch.nn.functional.linear(hidden[s : s + step], weight, bias).float()
+        lp, lse = _lse_pick(z, targets[s : s + step])
+        lps.append(lp)
+        lses.append(lse)
+        if keep:
+            kept = z  # reused (overwritten) by backward: no recompute without chunking
+    lse = torch.cat(lses) if lses else hidden.new_zeros(0, dtype=torch.float32)
+    lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
+    return lp, lse, kept
+
+
 class _FusedHeadLogps(torch.autograd.Function):
     """``(log π(t | h), logsumexp z)`` for ``z = h Wᵀ + b`` with a hand-written backward.
 
@@ -67,18 +129,8 @@ class _FusedHeadLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, chunk):  # type: ignore[override]
-        m = hidden.shape[0]
-        step = chunk or max(m, 1)
-        lps, lses, kept = [], [], None
-        for s in range(0, m, step):
-            z = torch.nn.functional.linear(hidden[s : s + step], weight, bias).float()
-            lse = torch.logsumexp(z, dim=-1)
-            lps.append(z.gather(-1, targets[s : s + step].unsqueeze(-1)).squeeze(-1) - lse)
-            lses.append(lse)
-            if chunk is None and any(ctx.needs_input_grad[:3]):
-                kept = z  # reused (overwritten) by backward: no recompute without chunking
-        lse = torch.cat(lses) if lses else hidden.new_zeros(0, dtype=torch.float32)
-        lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
+        keep = chunk is None and any(ctx.needs_input_grad[:3])
+        lp, lse, kept = _chunked_logps(hidden, weight, bias, targets, chunk, keep)
         ctx.chunk = chunk
         ctx.has_bias = bias is not None
         ctx.save_for_backward(hidden, weight, bias if bias is not None else hidden.new_zeros(0), targets, lse)
@@ -93,22 +145,25 @@ class _FusedHeadLogps(torch.autograd.Function):
         g_lp = torch.zeros_like(lse) if g_lp is None else g_lp.float()
         g_v = torch.zeros_like(lse) if g_v is None else g_v.float()
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        d_h = torch.empty_like(hidden) if need_h else None
-        d_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
-        d_b = torch.zeros_like(bias, dtype=torch.float32) if need_b and bias is not None else None
         step = ctx.chunk or max(m, 1)
+        d_h = torch.empty_like(hidden) if need_h else None
+        d_w = d_b = None
         for s in range(0, m, step):
             e = min(s + step, m)
             z = ctx.kept if ctx.kept is not None else torch.nn.functional.linear(hidden[s:e], weight, bias).float()
-            dz = z.sub_(lse[s:e].unsqueeze(-1)).exp_().mul_((g_v[s:e] - g_lp[s:e]).unsqueeze(-1))
-            dz.scatter_add_(-1, targets[s:e].unsqueeze(-1), g_lp[s:e].unsqueeze(-1))
+            dz = _softmax_grad_(z, lse[s:e], g_lp[s:e], g_v[s:e], targets[s:e])
             if d_h is not None:
                 torch.mm(dz.to(weight.dtype), weight, out=d_h[s:e])
-            if d_w is not None:
-                d_w.addmm_(dz.t(), hidden[s:e].float())
-            if d_b is not None:
-                d_b += dz.sum(0)
+            if need_w:  # the first chunk writes, later ones accumulate (no zero-filled [V, H] buffer)
+                part = dz.t().mm(hidden[s:e].float())
+                d_w = part if d_w is None else d_w.add_(part)
+            if need_b and bias is not None:
+                d_b = dz.sum(0) if d_b is None else d_b.add_(dz.sum(0))
         ctx.kept = None
+        if need_w and d_w is None:
+            d_w = torch.zeros_like(weight, dtype=torch.float32)
+        if need_b and bias is not None and d_b is None:
+            d_b = torch.zeros_like(bias, dtype=torch.float32)
         return (
             d_h,
             None if d_w is None else d_w.to(weight.dtype),
@@ -137,10 +192,23 @@ def head_logps(
 
     A plain ``nn.Linear`` head (outside autocast) runs through a fused function with a hand-written backward
     (see ``_FusedHeadLogps``); with ``chunk_tokens`` it works on chunks of positions and never holds more than
-    ``[chunk_tokens, V]`` logits, in forward or backward. Other heads (a LoRA-wrapped head, autocast) use
+    ``[chunk_tokens, V]`` logits, in forward or backward. Without a backward to serve (``no_grad``, or nothing
+    requires a gradient: the reference pass, evaluation) it is computed in chunks of at most ``_NOGRAD_ELEMS``
+    logits whatever ``chunk_tokens`` says, at no cost. Other heads (a LoRA-wrapped head, autocast) use
     autograd, chunked under activation checkpointing when asked. Every path gives the same numbers."""
+    backward = torch.is_grad_enabled() and any(x.requires_grad for x in (hidden, *head.parameters()))
+    if not backward:  # nothing kept for a backward: chunks of <= _NOGRAD_ELEMS logits cost nothing
+        vocab = getattr(head, "out_features", None) or getattr(getattr(head, "weight", None), "shape", (1,))[0]
+        chunk_tokens = min(chunk_tokens or hidden.shape[0], max(1, _NOGRAD_ELEMS // max(int(vocab), 1)))
     if _fusable(head):
+        if not backward:
+            lp, lse, _ = _chunked_logps(hidden, head.weight, head.bias, targets, chunk_tokens, keep=False)
+            return lp, lse
         return _FusedHeadLogps.apply(hidden, head.weight, head.bias, targets, chunk_tokens)
+    if not backward and hidden.shape[0] > chunk_tokens:
+        outs = [_head_logps(h, head, t) for h, t in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens),
+                                                         strict=True)]
+        return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
     if chunk_tokens is None or hidden.shape[0] <= chunk_tokens:
         return _head_logps(hidden, head, targets)
     outs = [
@@ -159,11 +227,25 @@ class LogProbModel(nn.Module):
     ``target_index [M]`` are flat indices into ``[N * T]`` of the positions whose logits predict a response
     token (the token at ``target_index + 1``)."""
 
-    def __init__(self, lm: nn.Module, chunk_tokens: int | None = None, full_logits: bool = False):
+    def __init__(self, lm: nn.Module, chunk_tokens: int | str | None = None, full_logits: bool = False):
         super().__init__()
+        if not (chunk_tokens is None or chunk_tokens == "auto" or (isinstance(chunk_tokens, int) and chunk_tokens > 0)):
+            raise ValueError(f"chunk_tokens must be a positive integer, 'auto' or None, not {chunk_tokens!r}")
         self.lm = lm
-        self.chunk_tokens = chunk_tokens
+        self.chunk_tokens = chunk_tokens  # None: keep the head's logits; "auto": see auto_chunk
         self.full_logits = full_logits  # fall back to the model's own forward (exotic heads)
+        self._body_params: int | None = None
+
+    def _chunk(self, m: int, tokens: int, head: nn.Module) -> int | None:
+        if self.chunk_tokens != "auto":
+            return self.chunk_tokens  # type: ignore[return-value]
+        weight = getattr(head, "weight", None)
+        if weight is None or weight.ndim != 2:
+            return None
+        if self._body_params is None:  # the parameters every token goes through (not the embedding, not the head)
+            skip = {id(p) for mod in (head, _causal_lm(self.lm).get_input_embeddings()) for p in mod.parameters()}
+            self._body_params = sum(p.numel() for p in self.lm.parameters() if id(p) not in skip)
+        return auto_chunk(m, tokens, self._body_params, weight.shape[1], weight.shape[0])
 
     @property
     def _no_split_modules(self) -> list[str] | None:
@@ -196,7 +278,8 @@ class LogProbModel(nn.Module):
         backbone = getattr(causal, causal.base_model_prefix)
         hidden = backbone(input_ids=input_ids, use_cache=False, **model_kw).last_hidden_state
         hidden = _select(hidden, response_mask, target_index)
-        return head_logps(hidden, causal.get_output_embeddings(), targets, self.chunk_tokens)
+        head = causal.get_output_embeddings()
+        return head_logps(hidden, head, targets, self._chunk(hidden.shape[0], input_ids.numel(), head))
 
 
 def _select(x: Tensor, response_mask: Tensor, target_index: Tensor | None) -> Tensor:

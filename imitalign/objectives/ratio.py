@@ -84,6 +84,11 @@ def _per_token(logps: Tensor, lengths: Tensor) -> Tensor:
     return logps / lengths.to(logps.dtype).clamp(min=1)
 
 
+def _at_least_fp32(t: Tensor) -> Tensor:
+    """fp16/bf16 → fp32; fp32 and fp64 as they are."""
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _log_ratios(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -93,10 +98,12 @@ def _log_ratios(
     rejected_lengths: Tensor | None,
     length_normalize: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``(ρ_w, ρ_l)``, each ``[B]``, per-token means when ``length_normalize``; in fp32 whatever the inputs' dtype
-    (bf16 log-probs would lose the ratio's digits, and every exponential of the DIL losses is taken of it)."""
-    rho_w = policy_chosen_logps.float() - reference_chosen_logps.float()
-    rho_l = policy_rejected_logps.float() - reference_rejected_logps.float()
+    """``(ρ_w, ρ_l)``, each ``[B]``, per-token means when ``length_normalize``; in fp32 (at least) whatever the
+    inputs' dtype (bf16 log-probs would lose the ratio's digits, and every exponential of the DIL losses is taken
+    of it)."""
+    pc, pr, rc, rr = (_at_least_fp32(t) for t in (policy_chosen_logps, policy_rejected_logps,
+                                                 reference_chosen_logps, reference_rejected_logps))
+    rho_w, rho_l = pc - rc, pr - rr
     if length_normalize:
         assert chosen_lengths is not None and rejected_lengths is not None
         rho_w, rho_l = _per_token(rho_w, chosen_lengths), _per_token(rho_l, rejected_lengths)

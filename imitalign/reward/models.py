@@ -14,6 +14,7 @@ EOS), collated right-padded, sorted by length for batching, and scored in ``batc
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,9 +30,13 @@ from imitalign.reward.base import RewardConfig, RewardError, register_reward_kin
 
 
 def resolve_device(name: str) -> torch.device:
-    """``"auto"``: the GPU when there is one, else the CPU; any other name as ``torch.device`` reads it."""
+    """``"auto"``: the GPU when there is one — under ``accelerate launch`` this process's own (``LOCAL_RANK``), so
+    that a scoring job of N processes puts one copy of the reward model on each GPU — else the CPU; any other name
+    as ``torch.device`` reads it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device(name)
 
 

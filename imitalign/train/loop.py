@@ -46,7 +46,7 @@ from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
 from imitalign.model.score import load_score_model
 from imitalign.reward.labels import read_labels
-from imitalign.train import sharding, steps
+from imitalign.train import optim, sharding, steps
 from imitalign.train.batching import StepPlan, epoch_order, plan_step, policy_order, steps_per_epoch
 from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from imitalign.train.kinds import LossContext, StepCounts, check_objective, collate_demo_batch, kind_of
@@ -220,10 +220,11 @@ class Trainer:
         for n, p in self.model.named_parameters():
             if p.requires_grad:
                 (no_decay if p.ndim < 2 or "norm" in n.lower() else decay).append(p)
-        optimizer = torch.optim.AdamW(
+        optimizer = optim.adamw(  # fused when the parameters allow it (train/optim.py)
             [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=cfg.train.lr,
             betas=cfg.train.adam_betas,
+            sharded=self.sharded,
         )
         scheduler = get_scheduler(
             cfg.train.schedule if cfg.train.schedule != "constant" else "constant_with_warmup",
