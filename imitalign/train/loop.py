@@ -392,9 +392,10 @@ class Trainer:
         mean = MetricMean()
         ebs = self.cfg.train.eval_batch_size or self.cfg.train.batch_size
         mine = list(range(len(self.eval_items)))[self.rank :: self.world]
+        batches = [mine[s : s + ebs] for s in range(0, len(mine), ebs)]
         with torch.no_grad():
-            for s in range(0, len(mine), ebs):
-                idx = mine[s : s + ebs]
+            for n in range(sharding.lockstep_batches(len(batches), acc)):
+                idx = batches[n] if n < len(batches) else [0]  # past its own: a discarded forward (sharded)
                 eidx = [len(self.train_items) + i for i in idx]
                 batch = self.kind.batch([self.eval_items[i] for i in idx], self.pad_id, self.per_item, eidx,
                                         self.packing)
@@ -402,7 +403,8 @@ class Trainer:
                 batch = {k: v.to(acc.device) for k, v in batch.items()}
                 ones = torch.ones(len(idx), device=acc.device)
                 _, m = self.kind.loss(self.loss_ctx, batch, ones, counts, True)
-                mean.add(m, len(idx))
+                if n < len(batches):
+                    mean.add(m, len(idx))
         self.engine.train()
         return mean.result(acc)
 

@@ -83,12 +83,15 @@ def compute_reference_logps(
     The examples go longest first, so each batch holds similar lengths (little padding)."""
     out = torch.zeros(len(items), 2, device=accelerator.device)
     order = sorted(mine, key=lambda i: -refcache.data_lengths([items[i]])[0])
-    for s in range(0, len(order), batch_size):
-        idx = order[s : s + batch_size]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    for n in range(sharding.lockstep_batches(len(batches), accelerator)):
+        idx = batches[n] if n < len(batches) else [0]  # past its own: a discarded forward keeps the shards in step
         chunk = [items[i] for i in idx]
         batch = collate_pairs_packed(chunk, pad_id) if packing else with_target_index(collate_pairs(chunk, pad_id))
         batch = {k: v.to(accelerator.device) for k, v in batch.items()}
         logps = sequence_logps(ref, batch).float()
+        if n >= len(batches):
+            continue
         b = len(idx)
         index = torch.tensor(idx, device=accelerator.device)
         out[index, 0] = logps[:b]

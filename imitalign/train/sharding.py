@@ -114,6 +114,18 @@ def is_sharded(accelerator: Any) -> bool:
     return bool(accelerator.is_fsdp2) or zero_stage(accelerator) == 3
 
 
+def lockstep_batches(n_local: int, accelerator: Any) -> int:
+    """How many forwards this process must run so that all processes run the same number.
+
+    Under FSDP2 and ZeRO-3 every forward is a collective (the layers' parameters are all-gathered), so a process
+    that stops after fewer batches than another leaves it waiting forever. A process with fewer batches of its
+    own runs discarded forwards up to the most any process has. Unsharded: its own count."""
+    if accelerator.num_processes == 1 or not is_sharded(accelerator):
+        return n_local
+    counts = accelerator.gather(torch.tensor([n_local], device=accelerator.device))
+    return int(counts.max())
+
+
 def _layer_classes(module: nn.Module) -> tuple[type, ...]:
     names = set(getattr(module, "_no_split_modules", None) or [])
     return tuple({type(m) for m in module.modules() if type(m).__name__ in names})
