@@ -27,7 +27,8 @@ def chi2(t):
     return 0.5 * (t - 1.0) ** 2
 
 
-OPTIONS = {"bregman": {"generator": f"{__name__}:chi2"}, "dpo": {"beta": 0.5}, "ipo": {"beta": 0.5},
+OPTIONS = {"bregman": {"generator": f"{__name__}:chi2"}, "bregman_unpaired": {"generator": f"{__name__}:chi2"},
+           "dpo": {"beta": 0.5}, "ipo": {"beta": 0.5},
            "hinge": {"beta": 0.5}}
 # step-1 loss with the policy as its own reference (log-ratios 0, rewards 0), β = 0.5
 AT_REFERENCE = {"dpo": math.log(2), "ipo": 1.0, "hinge": 1.0, "dil_bce": 2 * math.log(2)}
@@ -59,7 +60,10 @@ def _cfg(tmp_path: Path, name: str):
 
 def test_every_registered_objective_is_covered():
     assert set(objectives.names()) == {"bradley_terry", "bregman", "dil_bce", "dil_lsif", "dil_ukl",
-                                       "discriminator_bce", "dpo", "hinge", "ipo", "iqlearn", "mle", "simpo"}
+                                       "discriminator_bce", "dpo", "hinge", "ipo", "iqlearn", "mle", "simpo",
+                                       # unpaired feedback (pairs read as their desirable/undesirable halves)
+                                       "bco", "bregman_unpaired", "dil_bce_unpaired", "dil_lsif_unpaired",
+                                       "dil_ukl_unpaired", "kto"}
 
 
 @pytest.mark.parametrize("name", objectives.names())
