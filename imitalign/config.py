@@ -65,23 +65,19 @@ class ReferenceConfig(_Strict):
     cache_dir: str | None = "auto"
 
 
+# the row layouts ``data.train.format`` names (imitalign/data/detect.py reads its FORMATS from here)
+DataFormat = Literal[
+    "auto", "preference", "ultrafeedback", "hh", "demonstration", "messages", "sharegpt", "pair_messages", "alpaca",
+    "prompt",
+]
+
+
 class DataSource(_Strict):
     """One data file (``.jsonl``, ``.json``, ``.jsonl.gz``, ``.parquet``), a local ``datasets`` folder, or a
     hub dataset id."""
 
     path: str
-    format: Literal[
-        "auto",
-        "preference",
-        "ultrafeedback",
-        "hh",
-        "demonstration",
-        "messages",
-        "sharegpt",
-        "pair_messages",
-        "alpaca",
-        "prompt",
-    ] = "auto"
+    format: DataFormat = "auto"
     columns: dict[str, str] = Field(default_factory=dict)  # our name -> the file's column name
     # message keys and role names as LLaMA-Factory's dataset_info.json "tags" (role_tag, content_tag, user_tag,
     # assistant_tag, system_tag, observation_tag, function_tag)

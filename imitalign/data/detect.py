@@ -30,21 +30,12 @@ write; several are listed and none is picked.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, get_args
 
+from imitalign.config import DataFormat
 from imitalign.data.records import DataError
 
-FORMATS = (
-    "preference",
-    "ultrafeedback",
-    "hh",
-    "demonstration",
-    "messages",
-    "sharegpt",
-    "pair_messages",
-    "alpaca",
-    "prompt",
-)
+FORMATS = tuple(f for f in get_args(DataFormat) if f != "auto")  # the layouts a row can be read as
 REQUIRED: dict[str, tuple[str, ...]] = {
     "preference": ("prompt", "chosen", "rejected"),
     "ultrafeedback": ("chosen", "rejected"),
