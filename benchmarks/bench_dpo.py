@@ -523,7 +523,8 @@ def run_interleaved(
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
-                r = {"error": (proc.stderr or proc.stdout).strip().splitlines()[-1:][0][:300]}
+                tail = (proc.stderr or proc.stdout).strip().splitlines()
+                r = {"error": (tail[-1] if tail else f"exit status {proc.returncode}")[:300]}
                 print(f"[{setting}] {name}: FAILED\n{proc.stderr[-3000:]}", flush=True)
             else:
                 r = json.loads(line[len("RESULT ") :])
