@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -19,13 +19,14 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # every number finite: nan/inf are refused with the field's name like any other out-of-range value
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | str = "all-linear"
 
 
@@ -41,7 +42,7 @@ class ModelConfig(_Strict):
     gradient_checkpointing: bool = False
     attn_implementation: str | None = None
     trust_remote_code: bool = False
-    init_seed: int | None = None  # seed for weights built from a config (defaults to run.seed)
+    init_seed: int | None = Field(None, ge=0)  # seed for weights built from a config (defaults to run.seed)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:
@@ -74,16 +75,16 @@ class DataSource(_Strict):
     )
     columns: dict[str, str] = Field(default_factory=dict)  # our name -> the file's column name
     split: str | None = None
-    limit: int | None = None
+    limit: int | None = Field(None, ge=1)
 
 
 class DataConfig(_Strict):
     train: DataSource
     eval: DataSource | None = None
-    eval_fraction: float = 0.0  # held out from train when no eval source is given
+    eval_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # held out from train when no eval source is given
     chat_template: str = "auto"  # auto | none | a name (llama3, qwen2_5, ...) | a path to a .jinja file
-    max_length: int = 1024
-    max_prompt_length: int | None = None
+    max_length: int = Field(1024, ge=2)
+    max_prompt_length: int | None = Field(None, ge=1)
     system_prompt: str | None = None
     # the policy's own samples (prompt, response) for token objectives that mix them into the TD-regularised
     # term (online IQLearn, objective option ``alpha``); they never enter the likelihood term
@@ -94,24 +95,32 @@ class ObjectiveConfig(_Strict):
     name: str = "dpo"
     options: dict[str, Any] = Field(default_factory=dict)  # beta, length_normalize, gamma, lam, ...
 
+    @model_validator(mode="after")
+    def _objective_rules(self) -> ObjectiveConfig:
+        """The name and options checked by the objective's own rules (``beta > 0``, …), at config time."""
+        from imitalign import objectives
+
+        objectives.check_options(self.name, self.options)
+        return self
+
 
 class TrainConfig(_Strict):
-    epochs: float = 1.0
-    max_steps: int | None = None
-    batch_size: int = 8  # per device, in examples (pairs for preference objectives)
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    lr: float = 5e-7
+    epochs: float = Field(1.0, gt=0.0)  # may be fractional (0.5: half an epoch)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)  # per device, in examples (pairs for preference objectives)
+    eval_batch_size: int | None = Field(None, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-7, gt=0.0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.0
+    warmup_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
     adam_betas: tuple[float, float] = (0.9, 0.999)
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(1.0, gt=0.0)  # null: no clipping (the gradient norm is still checked)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
-    log_every: int = 10
-    eval_every: int | None = None
-    save_every: int | None = None
-    keep_checkpoints: int = 2
+    log_every: int = Field(10, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    save_every: int | None = Field(None, ge=1)
+    keep_checkpoints: int = Field(2, ge=0)  # 0: keep every checkpoint
     trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     # padding-free batches: sequences packed into rows with per-sequence position ids and block-diagonal
     # attention (checked against padded batches on the model at start-up); same numbers, less compute
@@ -120,16 +129,23 @@ class TrainConfig(_Strict):
     # LM head + log-softmax over chunks of this many positions, recomputed in backward (memory); "auto": only when
     # the kept logits exceed 256 MB and recomputing them costs < 5 % of the step (imitalign.model.logprobs)
     chunk_tokens: Annotated[int, Field(gt=0)] | Literal["auto"] | None = "auto"
-    num_threads: int | None = None
+    num_threads: int | None = Field(None, ge=1)
     # FSDP2 (torch's fully_shard, through accelerate's plugin): each decoder layer, then the whole engine;
     # the same as launching with configs/accelerate/fsdp2.yaml. On CPU process groups (gloo), where accelerate
     # ignores its FSDP plugin, imitalign engages it itself (imitalign.train.sharding)
     fsdp: bool = False
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each of adam_betas must be in [0, 1), got {list(v)}")
+        return v
+
 
 class RunConfig(_Strict):
-    output_dir: str = "runs/imitalign"
-    seed: int = 42
+    output_dir: str = Field("runs/imitalign", min_length=1)
+    seed: int = Field(42, ge=0)
     name: str | None = None
 
 
@@ -189,7 +205,7 @@ def format_validation_error(err: ValidationError, source: str, schema: type[Base
     for e in err.errors():
         loc = tuple(x for x in e["loc"] if not isinstance(x, int) or True)
         path = ".".join(str(x) for x in loc) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             known = _known_fields(schema, loc)
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
@@ -199,6 +215,16 @@ def format_validation_error(err: ValidationError, source: str, schema: type[Base
             msg = "required field is missing"
         lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
+
+
+def check_section(schema: type[BaseModel], raw: Any, name: str) -> None:
+    """Validate ``raw`` (a section kept as a dict, e.g. the ``train`` section of a loop config) as ``schema``;
+    a ValueError naming each bad field as ``name.field`` (for the enclosing model's validator)."""
+    try:
+        schema.model_validate(raw)
+    except ValidationError as e:
+        lines = format_validation_error(e, name, schema).splitlines()[1:]
+        raise ValueError("; ".join(line.strip() for line in lines)) from None
 
 
 def read_yaml_mapping(path: str | Path, sections: str = "run, model, data, ...") -> dict[str, Any]:

@@ -222,13 +222,10 @@ def test_build_gym_is_cached_by_fingerprint(tmp_path):
 
 
 def test_written_files_parse_with_the_data_layer(tmp_path):
-    """The core loader reads every gym file in auto format, with nothing skipped (skips if the data layer
-    is not importable in this checkout)."""
-    try:
-        from imitalign.data.formats import parse_rows
-        from imitalign.data.sources import iter_rows
-    except ImportError:
-        pytest.skip("data layer not available")
+    """The core loader reads every gym file in auto format, with nothing skipped."""
+    from imitalign.data.formats import parse_rows
+    from imitalign.data.sources import iter_rows
+
     files = build_gym(SMALL, tmp_path)
     paths = build_preferences(_samples(n_prompts=20), SMALL, tmp_path)
     expected = {files.sft: ("demonstration", 300), files.expert_style: ("demonstration", 60),

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from imitalign.gym.base import gym_run_config
 from imitalign.gym.baseline import BagOfWords
 from imitalign.gym.build import GymConfig, build_gym, gold_rewards, read_jsonl, sft_rows, write_jsonl
-from imitalign.gym.quickstart import gym_run_config
 from imitalign.gym.task import base_response
 from imitalign.gym.tokenizer import tiny_llama_config
 from imitalign.train.loop import train

@@ -74,20 +74,24 @@ def test_iterate_with_two_processes_equals_one(tmp_path: Path) -> None:
         rows = read_jsonl(two / f"round_{t}" / "samples.jsonl")
         check_samples(rows, 3)
         assert len(rows) == 15 and not list((two / f"round_{t}").glob("*.shard*"))  # 5 prompts × K = 3, merged
-    for name in ("prompts.jsonl", "samples.jsonl", "scored.jsonl", "train_data.jsonl"):
-        a, b = read_jsonl(one / "round_1" / name), read_jsonl(two / "round_1" / name)
-        assert [r.pop("logp", 0.0) for r in a] == pytest.approx([r.pop("logp", 0.0) for r in b], abs=1e-4), name
-        assert a == b, name  # the same draws (per-row seeds), scores and pairs; logp differs by float noise only
-    # the same training: the two runs' weights differ by < 0.1 % of how far training moved them (elementwise checks
-    # are fragile under Adam: a weight whose gradient is ~0 can step ±lr on float noise alone)
+    for t in (1, 2):  # every round: round 2 samples from round 1's policy, trained on 2 processes vs 1
+        for name in ("prompts.jsonl", "samples.jsonl", "scored.jsonl", "train_data.jsonl"):
+            a, b = read_jsonl(one / f"round_{t}" / name), read_jsonl(two / f"round_{t}" / name)
+            logp_a, logp_b = [r.pop("logp", 0.0) for r in a], [r.pop("logp", 0.0) for r in b]
+            assert logp_a == pytest.approx(logp_b, abs=1e-4), (t, name)
+            assert a == b, (t, name)  # the same draws (per-row seeds), scores and pairs; logp: float noise only
+    # the same training: docs/online.md states every round's weights within 10⁻³ (L2) of the one-process run's,
+    # which moved ~1 from π_0 (measured: 2.2·10⁻⁵ after round 1, 5.3·10⁻⁴ after round 2, of moves 0.69 and 0.96)
+    # (elementwise checks are fragile under Adam: a weight whose gradient is ~0 can step ±lr on
+    # float noise alone)
     w0 = load_file(init / "model.safetensors")
     for t in (1, 2):
         a = load_file(one / f"round_{t}" / "train" / "model" / "model.safetensors")
         b = load_file(two / f"round_{t}" / "train" / "model" / "model.safetensors")
         gap = sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
         moved = sum(float((a[k] - w0[k]).pow(2).sum()) for k in a) ** 0.5
-        assert moved > 0.01 and gap < 1e-3 * moved, (t, gap, moved)
         print(f"round {t}: |w_1proc - w_2proc| = {gap:.2e}, |w_1proc - w_0| = {moved:.2e}")
+        assert moved > 0.5 and gap < 1e-3, (t, gap, moved)
     results = json.loads((two / "results.json").read_text())
     assert [r["round"] for r in results["rows"]] == [0, 1, 2] and (two / "report.md").is_file()
     assert not list(two.rglob("*.tmp*"))

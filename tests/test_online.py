@@ -18,7 +18,7 @@ from imitalign.gym.build import GymConfig, build_gym
 from imitalign.gym.tokenizer import tiny_llama_config
 from imitalign.loops.iterate import Interrupted, parse_iterate_config, round_table, run_iterate
 from imitalign.loops.scoring import read_rows
-from imitalign.loops.stages import model_fingerprint, train_or_reuse
+from imitalign.loops.stages import model_fingerprint, seal_stage, train_or_reuse
 from imitalign.reward.base import RewardError
 
 
@@ -175,9 +175,12 @@ def test_a_sampling_k_that_differs_from_the_scoring_k_is_an_error(gym, tmp_path)
 
     with pytest.raises(Interrupted):
         run_iterate(cfg, on_stage=stop, say=quiet)
-    # the samples file is replaced by one drawn with K = 3 (as a run with another K would leave it)
-    ps = load_prompt_set(str(out / "round_1" / "prompts.jsonl"), load_tokenizer(gym["sft"]), chat_template="none")
-    generate_k(gym["sft"], ps, out / "round_1" / "samples.jsonl", k=3, max_new_tokens=8)
+    # the samples file is replaced by one drawn with K = 3, and sealed (as a run with another K would leave it;
+    # an unsealed replacement is detected as changed and resampled: tests/test_faults.py)
+    rd = out / "round_1"
+    ps = load_prompt_set(str(rd / "prompts.jsonl"), load_tokenizer(gym["sft"]), chat_template="none")
+    generate_k(gym["sft"], ps, rd / "samples.jsonl", k=3, max_new_tokens=8)
+    seal_stage(rd, "samples", [rd / "samples.jsonl", rd / "generation.json"], [rd / "prompts.jsonl"])
     with pytest.raises(ValueError, match="24 samples for 8 prompts is not K = 4 per prompt"):
         run_iterate(cfg, say=quiet)
     assert not (out / "round_1" / "scored.jsonl").exists()

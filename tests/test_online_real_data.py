@@ -75,7 +75,13 @@ def test_iterative_dil_on_hh_conversations_with_a_rule_reward(policy: Path, tmp_
     for pair in read_rows(rd / "train_data.jsonl"):
         assert pair["chosen_score"] > pair["rejected_score"]
     assert "dil_lsif" in (rd / "train" / "config.yaml").read_text()
-    assert len(res.rows) == 2 and res.rows[1]["gold_reward"]["mean"] > 0
+    assert len(res.rows) == 2
+    # the eval stage scored its samples with the user's function: every score has brevity's form 1/(1 + words)
+    # (+ 1 for a final period), and the round's reported mean is theirs
+    scores = json.loads((rd / "eval.json").read_text())["per_sample"]["score"]
+    words = [1.0 / (s - 1.0 if s > 1.0 else s) - 1.0 for s in scores]
+    assert len(scores) >= 2 and all(abs(w - round(w)) < 1e-6 and w > -0.5 for w in words), scores
+    assert res.rows[1]["gold_reward"]["mean"] == pytest.approx(sum(scores) / len(scores))
 
 
 @real_data

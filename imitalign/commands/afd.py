@@ -9,11 +9,11 @@ imitalign iqlearn gym-frontier [--seeds N] [--lams 0,0.1,0.3,1] [--alphas 0.1]  
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from imitalign.commands.app import SetOpt, app, friendly, setup_logging
+from imitalign.commands.app import OverwriteOpt, SetOpt, app, friendly, setup_logging
 
 afd_app = typer.Typer(no_args_is_help=True, help="Alignment from demonstrations: AfD reward models and experiments.")
 iq_app = typer.Typer(no_args_is_help=True, help="IQLearn extras: the λ/α frontier and the recovered reward.")
@@ -45,6 +45,13 @@ StylesOpt = Annotated[
 ]
 
 
+def _own(out: str, command: str) -> Any:
+    """The gym experiments share their ``--out`` folder (stages reused across commands): one at a time."""
+    from imitalign.runs import owned
+
+    return owned(out, command)
+
+
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
@@ -57,16 +64,19 @@ def _floats(text: str) -> list[float]:
 def bon(
     config: Annotated[str, typer.Argument(help="YAML best-of-N config (imitalign.loops.bon.BonConfig)")],
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Best-of-N: N_max samples per prompt drawn once, picked by each reward source for N = 1, 2, 4, …;
     gold reward and win rate against the base model's samples, with standard errors (bon.md, bon.png)."""
     from pathlib import Path
 
     from imitalign.loops.bon import load_bon_config, markdown_table, run_bon
+    from imitalign.runs import fingerprint_of, owned
 
     setup_logging()
     cfg = load_bon_config(config, set_ or [])
-    summary = run_bon(cfg, progress=True)
+    with owned(cfg.output_dir, "bon", fingerprint_of(cfg.model_dump(mode="json"), {"output_dir"}), overwrite=overwrite):
+        summary = run_bon(cfg, progress=True)
     typer.echo(
         markdown_table([{**r, "gold": tuple(r["gold"]), "win_rate": tuple(r["win_rate"])} for r in summary["results"]])
     )
@@ -78,13 +88,17 @@ def bon(
 def afd_train(
     config: Annotated[str, typer.Argument(help="YAML AfD config (imitalign.loops.afd.AfdConfig)")],
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """π_SFT (given or trained on the demonstrations), the sampled classes as files, and one discriminator per
     mode (init_sft, init_demo, sft_demo) trained with discriminator_bce; writes rewards.yaml for `imitalign bon`."""
     from imitalign.loops.afd import load_afd_config, run_afd
+    from imitalign.runs import fingerprint_of, owned
 
     setup_logging()
-    summary = run_afd(load_afd_config(config, set_ or []), progress=True)
+    cfg = load_afd_config(config, set_ or [])
+    with owned(cfg.output_dir, "afd", fingerprint_of(cfg.model_dump(mode="json"), {"output_dir"}), overwrite=overwrite):
+        summary = run_afd(cfg, progress=True)
     for mode, info in summary["modes"].items():
         acc = info.get("eval", {}).get("accuracy")
         typer.echo(f"{mode}: {info['model_dir']}" + (f" (held-out accuracy {acc:.3f})" if acc is not None else ""))
@@ -97,7 +111,9 @@ def gym_sft(out: OutOpt = "runs/afd_gym", seeds: SeedsOpt = 1, styles: StylesOpt
     """SFT on the gym's expert demonstrations (plain and style-shifted) vs the demonstrator's gold reward."""
     from imitalign.experiments.afd_sft import exp_sft
 
-    exp_sft(out, seeds=seeds, styles=_styles(styles))
+    chosen = _styles(styles)
+    with _own(out, "afd gym-sft"):
+        exp_sft(out, seeds=seeds, styles=chosen)
 
 
 @afd_app.command("gym-bon")
@@ -111,7 +127,9 @@ def gym_bon(
     shift: afd_bon.md, afd_bon.png (--styles sorted: afd_bon_sorted.md, with the order share of the picks)."""
     from imitalign.experiments.afd_bon import exp_bon
 
-    exp_bon(out, seeds=seeds, styles=_styles(styles))
+    chosen = _styles(styles)
+    with _own(out, "afd gym-bon"):
+        exp_bon(out, seeds=seeds, styles=chosen)
 
 
 @afd_app.command("gym-distill")
@@ -126,7 +144,8 @@ def gym_distill(
     discriminator, iterated) vs reranking at the same N."""
     from imitalign.experiments.afd_distill import exp_distill
 
-    exp_distill(out, seeds=seeds, n=n, rounds=rounds)
+    with _own(out, "afd gym-distill"):
+        exp_distill(out, seeds=seeds, n=n, rounds=rounds)
 
 
 @afd_app.command("gym-selfplay")
@@ -140,7 +159,8 @@ def gym_selfplay(
     vs SFT on the demonstrations."""
     from imitalign.experiments.afd_selfplay import exp_selfplay
 
-    exp_selfplay(out, seeds=seeds, rounds=rounds)
+    with _own(out, "afd gym-selfplay"):
+        exp_selfplay(out, seeds=seeds, rounds=rounds)
 
 
 @iq_app.command("gym-frontier")
@@ -155,4 +175,5 @@ def gym_frontier(
     cost per step for each λ (and online α); rank correlation of the recovered reward with gold vs MLE's."""
     from imitalign.experiments.iqlearn_frontier import exp_iqlearn
 
-    exp_iqlearn(out, seeds=seeds, lams=_floats(lams), alphas=_floats(alphas))
+    with _own(out, "iqlearn gym-frontier"):
+        exp_iqlearn(out, seeds=seeds, lams=_floats(lams), alphas=_floats(alphas))

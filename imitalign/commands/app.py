@@ -21,6 +21,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect data as the trainer w
 app.add_typer(data_app, name="data")
 
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a config field: --set train.lr=1e-6")]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option("--overwrite", help="replace a run of a different configuration in the output folder (deletes it)"),
+]
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -30,6 +34,7 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from imitalign.config import ConfigError
         from imitalign.data.records import DataError
+        from imitalign.failures import describe_os_error
         from imitalign.train.loop import TrainingError
 
         try:
@@ -38,6 +43,12 @@ def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("IMITALIGN_DEBUG"):
                 raise
             typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except Exception as e:  # no space, permission denied, read-only filesystem: one sentence; else re-raised
+            said = describe_os_error(e)
+            if said is None or os.environ.get("IMITALIGN_DEBUG"):
+                raise
+            typer.secho(f"error: {said}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
     return wrapper

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.commands.app import SetOpt, app, data_app, friendly, setup_logging
+from imitalign.commands.app import OverwriteOpt, SetOpt, app, data_app, friendly, setup_logging
 
 
 @app.command()
@@ -15,14 +15,17 @@ def train(
     config: Annotated[str, typer.Argument(help="YAML config of the run")],
     set_: SetOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the newest checkpoint")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a policy with any objective (DPO, DIL, IPO, SimPO, MLE, IQLearn, ...)."""
     from imitalign.config import load_config
+    from imitalign.runs import owned, train_fingerprint
     from imitalign.train.loop import train as run_train
 
     setup_logging()
     cfg = load_config(config, set_ or [])
-    result = run_train(cfg, resume=resume)
+    with owned(cfg.run.output_dir, "train", train_fingerprint(cfg), overwrite=overwrite):
+        result = run_train(cfg, resume=resume)
     typer.echo(f"done in {result.seconds:.1f}s, {result.steps} steps; model saved to {result.model_dir}")
     if result.eval_metrics:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(result.eval_metrics.items()))
@@ -67,6 +70,8 @@ def quickstart(
 ) -> None:
     """Build the gym, train SFT, DPO, IPO, DIL-LSIF/UKL/BCE, MLE and IQLearn, evaluate, report."""
     from imitalign.experiments.quickstart import run_quickstart
+    from imitalign.runs import owned
 
     setup_logging()
-    run_quickstart(out, fast=fast, seeds=seeds)
+    with owned(out, "quickstart"):
+        run_quickstart(out, fast=fast, seeds=seeds)

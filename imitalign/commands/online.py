@@ -16,7 +16,7 @@ from typing import Annotated
 
 import typer
 
-from imitalign.commands.app import SetOpt, app, friendly, setup_logging
+from imitalign.commands.app import OverwriteOpt, SetOpt, app, friendly, setup_logging
 
 
 @app.command()
@@ -131,10 +131,11 @@ def pairs(
     typer.echo(f"{stats.summary()} → {out}")
 
 
-def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
+def _iterate(config: str, set_: list[str] | None, need_rejection: bool, overwrite: bool) -> None:
     from imitalign.config import ConfigError
     from imitalign.loops.iterate import read_iterate_config, resolve_config, run_iterate
     from imitalign.processes import is_main, process_count
+    from imitalign.runs import WHERE, fingerprint_of, owned
 
     setup_logging()
     raw = read_iterate_config(config, set_ or [])
@@ -146,7 +147,9 @@ def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
             "run gym configs without accelerate launch, or give model and data paths instead of ${gym.*}"
         )
     cfg = resolve_config(raw, config)
-    result = run_iterate(cfg, quiet=False)
+    command = "rejection" if need_rejection else "iterate"
+    with owned(cfg.run.output_dir, command, fingerprint_of(cfg.model_dump(mode="json"), WHERE), overwrite=overwrite):
+        result = run_iterate(cfg, quiet=False)
     if is_main():
         typer.echo(f"report: {result.report}")
 
@@ -156,9 +159,10 @@ def _iterate(config: str, set_: list[str] | None, need_rejection: bool) -> None:
 def iterate(
     config: Annotated[str, typer.Argument(help="YAML config of the loop")],
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Online iterative preference learning (sample K, score, pair, train; T rounds); resumes where it stopped."""
-    _iterate(config, set_, need_rejection=False)
+    _iterate(config, set_, need_rejection=False, overwrite=overwrite)
 
 
 @app.command()
@@ -166,9 +170,10 @@ def iterate(
 def rejection(
     config: Annotated[str, typer.Argument(help="YAML config with a rejection section")],
     set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Multi-step rejection sampling toward π_0·exp(r/η) (statistical or best-of-n; SFT or RSO form)."""
-    _iterate(config, set_, need_rejection=True)
+    _iterate(config, set_, need_rejection=True, overwrite=overwrite)
 
 
 @app.command("iterate-stage")

@@ -17,14 +17,14 @@ and loaded with ``datasets.load_dataset`` (which needs network access).
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from imitalign.data.jsonl import read_text, utf8_lines
 from imitalign.data.records import DataError
 
 FILE_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet")
@@ -38,12 +38,6 @@ def _suffix(path: Path) -> str | None:
     return next((s for s in FILE_SUFFIXES if name.endswith(s)), None)
 
 
-def _open_text(path: Path) -> IO[str]:
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return open(path, encoding="utf-8")
-
-
 def _check_row(row: Any, location: str) -> Row:
     if not isinstance(row, dict):
         raise DataError(f"{location}: expected a JSON object (one row), got {type(row).__name__}")
@@ -52,26 +46,24 @@ def _check_row(row: Any, location: str) -> Row:
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[str, Row]]:
     try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                location = f"{path}:{lineno}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{location}: malformed JSON: {e.msg} (line {lineno}, column {e.colno})") from None
-                yield location, _check_row(row, location)
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read the file as UTF-8 JSON Lines: {e}") from None
+        for lineno, line in utf8_lines(path):  # a byte that is not UTF-8: file, line and column
+            if not line.strip():
+                continue
+            location = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{location}: malformed JSON: {e.msg} (line {lineno}, column {e.colno})") from None
+            yield location, _check_row(row, location)
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read the file as JSON Lines: {e}") from None
 
 
 def _iter_json(path: Path) -> Iterator[tuple[str, Row]]:
     try:
-        with _open_text(path) as f:
-            text = f.read()
-    except (UnicodeDecodeError, OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read the file as UTF-8 JSON: {e}") from None
+        text = read_text(path)  # a byte that is not UTF-8: file, line and column
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path}: cannot read the file as JSON: {e}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:

@@ -329,11 +329,11 @@ def _sample_transformers(
 ) -> list[Sample]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from imitalign.model.load import resolve_dtype
+    from imitalign.model.load import from_pretrained, resolve_dtype
 
     state = process_state()
     tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-    model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=resolve_dtype(dtype))
+    model = from_pretrained(AutoModelForCausalLM, str(model_path), dtype=resolve_dtype(dtype))
     model = model.to(state.device).eval()
     return sample_shard(
         model, tokenizer, prompts, mine, batch_size=batch_size, progress=progress and state.is_main_process, **kw

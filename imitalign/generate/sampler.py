@@ -94,19 +94,43 @@ class _Recorder(LogitsProcessor):
         return torch.stack(self.token_logps, dim=1), torch.stack(self.entropies, dim=1)
 
 
-class _GumbelNoise(LogitsProcessor):
-    """Adds per-row Gumbel noise from per-row generators (module docstring)."""
+NOISE_CHUNK_FLOATS = 1 << 24  # uniforms drawn ahead per batch at most (64 MiB of fp32)
 
-    def __init__(self, seeds: Sequence[int]) -> None:
+
+class _GumbelNoise(LogitsProcessor):
+    """Adds per-row Gumbel noise from per-row generators (module docstring).
+
+    On CPU the uniforms of the next ``chunk`` steps are drawn at once per row (``rand(chunk, V)``): a CPU generator
+    fills a ``[chunk, V]`` tensor with exactly the numbers ``chunk`` successive ``rand(V)`` calls give
+    (``tests/test_sampler_speed.py`` checks it), so every row gets the same noise — the same samples — as drawing
+    step by step, with one generator call per row per chunk instead of per step. ``chunk`` keeps the drawn-ahead
+    block under ``NOISE_CHUNK_FLOATS`` and at most ``max_steps``. Other devices draw step by step (a CUDA
+    generator's stream is not split that way)."""
+
+    def __init__(self, seeds: Sequence[int], max_steps: int = 1) -> None:
         self.seeds = list(seeds)
+        self.max_steps = max(1, max_steps)
         self.generators: list[torch.Generator] | None = None
+        self.block: Tensor | None = None  # [B, chunk, V] Gumbel noise drawn ahead (CPU)
+        self.pos = 0
+
+    def _draw(self, vocab: int, device: torch.device) -> Tensor:
+        assert self.generators is not None
+        if device.type != "cpu":
+            u = torch.stack([torch.rand(vocab, generator=g, device=device) for g in self.generators])
+            return -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+        if self.block is None or self.pos >= self.block.shape[1]:
+            chunk = max(1, min(self.max_steps, NOISE_CHUNK_FLOATS // max(1, len(self.generators) * vocab)))
+            u = torch.stack([torch.rand((chunk, vocab), generator=g) for g in self.generators])
+            self.block = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+            self.pos = 0
+        self.pos += 1
+        return self.block[:, self.pos - 1]
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         if self.generators is None:
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
-        vocab = scores.shape[-1]
-        u = torch.stack([torch.rand(vocab, generator=g, device=scores.device) for g in self.generators])
-        gumbel = -torch.log(-torch.log(u.clamp_(min=torch.finfo(u.dtype).tiny)))
+        gumbel = self._draw(scores.shape[-1], scores.device)
         return scores + gumbel.to(scores.dtype)
 
 
@@ -214,7 +238,7 @@ def sample(
                     processors.append(TemperatureLogitsWarper(temperature))
                 if top_p < 1.0:
                     processors.append(TopPLogitsWarper(top_p))
-                processors.append(_GumbelNoise([row_seed(seed, names[i], j) for i, j in batch]))
+                processors.append(_GumbelNoise([row_seed(seed, names[i], j) for i, j in batch], max_new_tokens))
             sequences = model.generate(
                 input_ids=prompts["input_ids"].to(device),
                 attention_mask=prompts["attention_mask"].to(device),

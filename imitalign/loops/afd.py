@@ -55,7 +55,7 @@ Mode = Literal["init_sft", "init_demo", "sft_demo"]
 class TrainSpec(BaseModel):
     """The hyper-parameters of one training stage (everything else comes from the defaults of a run config)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     lr: float = Field(3e-4, gt=0)
     epochs: float = Field(1.0, gt=0)
@@ -68,7 +68,7 @@ class TrainSpec(BaseModel):
 class AfdConfig(BaseModel):
     """AfD reward models from demonstrations (module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     demos: DataSource
     init_model: str

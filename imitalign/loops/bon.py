@@ -49,7 +49,7 @@ from imitalign.reward.base import RewardConfig, RewardSource, load_reward, score
 class SamplingConfig(BaseModel):
     """How candidates are drawn (``imitalign.generate.sampler.sample``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -72,7 +72,7 @@ class BonConfig(BaseModel):
       chat_template / system_prompt / max_length: how prompts are rendered (as the policy was trained).
     """
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     model: str
     prompts: DataSource
@@ -241,10 +241,10 @@ def draw(
 
     from imitalign.config import ModelConfig
     from imitalign.generate.sampler import sample, sample_rows
-    from imitalign.model.load import load_tokenizer
+    from imitalign.model.load import from_pretrained, load_tokenizer
 
     tok = load_tokenizer(ModelConfig(name_or_path=model_path))
-    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    model = from_pretrained(AutoModelForCausalLM, model_path).eval()
     samples = sample(
         model,
         tok,

@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +89,8 @@ from imitalign.loops.pairs import (
 from imitalign.loops.rejection import accept
 from imitalign.loops.scoring import read_rows, write_rows
 from imitalign.loops.stage_jobs import CONFIG_NAME, generate_stage, gold_column_source, score_stage, stage_command
-from imitalign.loops.stages import model_fingerprint, read_json, todo, train_or_reuse, write_json
+from imitalign.loops.stages import model_fingerprint, read_json, seal_stage, stage_todo, train_or_reuse, write_json
+from imitalign.manifest import MODEL_MANIFEST
 from imitalign.processes import is_main, on_main, process_count
 from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
 
@@ -627,7 +628,7 @@ def run_iterate(
     r0 = root / "round_0"
     baseline = None
     if cfg.eval is not None:
-        if todo(r0 / "eval.json"):
+        if run.todo(r0, 0, "eval", [r0 / "eval.json"]):
             on_main(lambda: run.evaluate(pi0, None, r0))
             run.done(0, "eval")
         baseline = read_json(r0 / "eval.json")["per_sample"]["score"]
@@ -639,7 +640,7 @@ def run_iterate(
         on_main(lambda rd=rd: rd.mkdir(parents=True, exist_ok=True))
         prompt_set = _data_stages(run, rd, t, model, prompt_set)
         model = _train_stage(run, rd, t, model)
-        if cfg.eval is not None and todo(rd / "eval.json"):
+        if cfg.eval is not None and run.todo(rd, t, "eval", [rd / "eval.json"], run.model_input(model)):
             on_main(lambda rd=rd, model=model: run.evaluate(model, baseline, rd))
             run.done(t, "eval")
         if cfg.eval is not None:
@@ -667,7 +668,28 @@ class _Run:
     pi0_fp: str | None = None  # π_0's weights fingerprint (main process only)
     pi0_model: Any = None  # π_0 loaded for the KL of the evaluations (main process, with an eval section)
 
+    pending: dict[tuple[int, str], tuple] = field(default_factory=dict)  # stages to seal when done
+
+    def todo(
+        self, rd: Path, t: int, stage: str, outputs: list[Path], inputs: Sequence[Path] = (),
+        optional: Sequence[Path] = (),
+    ) -> bool:
+        """Whether stage ``stage`` of round ``t`` still has to run: its manifest is missing or does not match its
+        files and ``inputs`` (the run says so when files were there); ``done`` seals it (``outputs``, those of
+        ``optional`` that exist, ``inputs``)."""
+        if not stage_todo(rd, stage, inputs, self.say, outputs):
+            return False
+        self.pending[(t, stage)] = (rd, outputs, inputs, optional)
+        return True
+
+    def model_input(self, model: str) -> list[Path]:
+        """A trained model as a stage input: its folder's manifest (π_0, given by the user, is not recorded)."""
+        return [] if model == self.cfg.policy else [Path(model) / MODEL_MANIFEST]
+
     def done(self, t: int, stage: str) -> None:
+        if (t, stage) in self.pending:
+            rd, outputs, inputs, optional = self.pending.pop((t, stage))
+            seal_stage(rd, stage, outputs, inputs, optional=optional)
         self.ran.append((t, stage))
         if self.on_stage is not None:
             self.on_stage(t, stage)
@@ -707,22 +729,27 @@ def _data_stages(run: _Run, rd: Path, t: int, model: str, prompt_set: Any) -> An
     """Round ``t``'s training data: the offline baseline's, or prompts → samples of π_{t-1} → scores; then the
     pairs (or accepted samples). Returns the prompt set (loaded once, reused by later rounds)."""
     cfg, pf, say = run.cfg, run.pf, run.say
-    if cfg.offline is not None and todo(rd / "train_data.jsonl"):  # the offline baseline
+    selected = [rd / "train_data.jsonl", rd / "selection.json"]
+    if cfg.offline is not None and run.todo(rd, t, "pairs", selected):  # the offline baseline
         on_main(lambda: _offline_stage(cfg, rd))
         run.done(t, "pairs")
     if cfg.offline is None:
-        if todo(rd / "prompts.jsonl"):
+        if run.todo(rd, t, "prompts", [rd / "prompts.jsonl"]):
             prompt_set = on_main(lambda ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
             run.done(t, "prompts")
-        if todo(rd / "samples.jsonl"):  # every process (of the job) samples its shard of the prompts
+        samples = [rd / "samples.jsonl", rd / "generation.json"]
+        if run.todo(rd, t, "samples", samples, [rd / "prompts.jsonl", *run.model_input(model)]):  # every process
+            # (of the job) samples its shard of the prompts
             if not run.job("generate", t, model=model):
                 generate_stage(cfg, rd, t, model, cfg.policy, say)
             run.done(t, "samples")
-        if todo(rd / "scored.jsonl"):  # every process (of the job) scores its shard of the samples
+        if run.todo(rd, t, "scored", [rd / "scored.jsonl", rd / "scoring.json"], [rd / "samples.jsonl"]):
+            # every process (of the job) scores its shard of the samples
             if not run.job("score", t):
                 _score_stage(cfg, pf, rd, t)
             run.done(t, "scored")
-    if todo(rd / "train_data.jsonl"):  # pairs / accepted
+    optional = [rd / "accepted.jsonl", rd / "policy_samples.jsonl"]
+    if cfg.offline is None and run.todo(rd, t, "pairs", selected, [rd / "scored.jsonl"], optional):  # or accepted
 
         def select() -> None:
             _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
@@ -744,10 +771,9 @@ def _train_stage(run: _Run, rd: Path, t: int, model: str) -> str:
 
         def union() -> None:
             for name in ("train_data.jsonl", "policy_samples.jsonl") if own else ("train_data.jsonl",):
-                path = rd / f"union_{name}"
-                if not path.exists():
-                    rows = [row for s in range(1, t + 1) for row in read_rows(run.root / f"round_{s}" / name)]
-                    write_rows(path, rows)
+                # (rewritten every time: a round's file redone is in the union too; same rows, same file)
+                rows = [row for s in range(1, t + 1) for row in read_rows(run.root / f"round_{s}" / name)]
+                write_rows(rd / f"union_{name}", rows)
 
         on_main(union)
         init = pi0
@@ -755,7 +781,11 @@ def _train_stage(run: _Run, rd: Path, t: int, model: str) -> str:
         data_path, init = rd / "train_data.jsonl", model
     ref = pi0 if cfg.reference == "initial" else model
     tcfg = train_config(cfg, t, init, ref, data_path, rd / "train")
-    if not todo(rd / "training.json"):
+    names = ("train_data.jsonl", "policy_samples.jsonl") if cfg.pairs.mode == OWN_SAMPLES else ("train_data.jsonl",)
+    rounds = range(1, t + 1) if cfg.start == "retrain_union" else (t,)
+    inputs = [run.root / f"round_{s}" / n for s in rounds for n in names]
+    inputs += run.model_input(init) + run.model_input(ref)
+    if not run.todo(rd, t, "train", [rd / "training.json", rd / "train" / "model"], inputs):
         return train_or_reuse(tcfg, say=run.say, quiet=run.quiet)["model_dir"]  # reuses the finished run
     t0 = time.perf_counter()
     if run.job("train", t, init=init, reference=ref, data=str(data_path)):

@@ -13,14 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from imitalign.config import (
     ConfigError,
+    DataConfig,
     DataSource,
+    ModelConfig,
     ObjectiveConfig,
+    ReferenceConfig,
     RunConfig,
+    TrainConfig,
     apply_overrides,
+    check_section,
     read_yaml_mapping,
     validate_config,
 )
@@ -32,7 +37,7 @@ from imitalign.reward.base import RewardConfig
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class EnhancerConfig(_Strict):
@@ -40,7 +45,7 @@ class EnhancerConfig(_Strict):
 
     fraction: float = Field(0.25, gt=0.0, lt=1.0)  # of the K samples; round(fraction·K) ≥ 1 of them
     policy: Literal["initial", "current"] = "initial"  # π_0 or π_{t−1}
-    temperature: float | None = None  # default: generate.temperature
+    temperature: float | None = Field(None, ge=0.0)  # default: generate.temperature
 
 
 class GenerateConfig(_Strict):
@@ -121,24 +126,49 @@ class PolicyTrainConfig(_Strict):
     model: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields but name_or_path (dtype, lora, ...)
     reference: dict[str, Any] = Field(default_factory=dict)  # ReferenceConfig fields but name_or_path
 
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Every field checked as ``imitalign train`` checks it, at config time (not at round 1's training)."""
+        check_section(TrainConfig, v, "train")
+        return v
+
+    @field_validator("data")
+    @classmethod
+    def _data_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_section(DataConfig, {"train": {"path": "(per round)"}, **v}, "data")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_section(ModelConfig, {**v, "name_or_path": "(per round)"}, "model")
+        return v
+
+    @field_validator("reference")
+    @classmethod
+    def _reference_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        check_section(ReferenceConfig, {**v, "name_or_path": "(per round)"}, "reference")
+        return v
+
 
 class EvalConfig(_Strict):
     prompts: DataSource
     n: int = Field(4, ge=1)
     max_new_tokens: int | None = None  # default: generate.max_new_tokens
-    temperature: float = 1.0
+    temperature: float = Field(1.0, ge=0.0)
     reward: RewardConfig | None = None  # default: the loop's reward
     pairs: str | None = None  # held-out preference pairs: log-likelihood diagnostics
-    seed: int = 1234
-    batch_size: int = 64
+    seed: int = Field(1234, ge=0)
+    batch_size: int = Field(64, ge=1)
 
 
 class GymSetup(_Strict):
     plan: Literal["fast", "full"] = "fast"
     root: str = "runs/gym_base"
-    seed: int = 0
-    rm_epochs: float = 2.0
-    rm_lr: float = 1e-3
+    seed: int = Field(0, ge=0)
+    rm_epochs: float = Field(2.0, gt=0.0)
+    rm_lr: float = Field(1e-3, gt=0.0)
 
 
 class IterateConfig(_Strict):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
 
-from imitalign.config import ModelConfig
+from imitalign.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     source = cfg.tokenizer or cfg.name_or_path
+    from imitalign.failures import check_local_path
+
+    check_local_path(str(source), "tokenizer" if cfg.tokenizer else "model")
     folder = Path(str(source))
     try:
         if (
@@ -78,6 +81,29 @@ def config_from(cfg: ModelConfig, tok: PreTrainedTokenizerBase) -> Any:
     return AutoConfig.for_model(model_type, **spec)
 
 
+def from_pretrained(loader: Any, path: str | Path, what: str = "model", **kwargs: Any) -> Any:
+    """``loader.from_pretrained(path, **kwargs)`` with one-sentence failures: a local path that does not exist
+    (no hub lookup), a model folder whose files are not the sizes recorded when it was saved (a truncated copy),
+    a weights file that cannot be read — each a :class:`~imitalign.config.ConfigError` naming the folder."""
+    from safetensors import SafetensorError
+
+    from imitalign.failures import check_local_path
+    from imitalign.manifest import MODEL_MANIFEST, check_model
+
+    check_local_path(str(path), what)
+    folder = Path(str(path)).expanduser()
+    if (folder / MODEL_MANIFEST).is_file():
+        reason = check_model(folder, sizes_only=True)
+        if reason is not None:
+            raise ConfigError(f"{what} at {path} is not the model that was saved: {reason}; rerun what wrote it")
+    try:
+        return loader.from_pretrained(str(path) if isinstance(path, Path) else path, **kwargs)
+    except SafetensorError as e:
+        raise ConfigError(
+            f"{what} at {path}: a weights file cannot be read ({e}): it is truncated or corrupt; rerun what wrote it"
+        ) from None
+
+
 def model_kwargs(cfg: ModelConfig) -> dict[str, Any]:
     """Keyword arguments of ``from_pretrained`` / ``from_config`` that come from the ``model`` section."""
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
@@ -103,7 +129,7 @@ def load_causal_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) ->
     dtype = resolve_dtype(cfg.dtype)
     kwargs = model_kwargs(cfg)
     if cfg.name_or_path is not None:
-        model = AutoModelForCausalLM.from_pretrained(cfg.name_or_path, dtype=dtype, **kwargs)
+        model = from_pretrained(AutoModelForCausalLM, cfg.name_or_path, dtype=dtype, **kwargs)
     else:
         config = config_from(cfg, tok)
         with torch.random.fork_rng(devices=[]):

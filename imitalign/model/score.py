@@ -30,6 +30,7 @@ from imitalign.model.load import (
     check_tokenizer_fit,
     config_from,
     enable_gradient_checkpointing,
+    from_pretrained,
     load_tokenizer,
     lora_config,
     model_kwargs,
@@ -100,7 +101,7 @@ def load_score_lm(cfg: ModelConfig, tok: PreTrainedTokenizerBase, seed: int) -> 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.init_seed if cfg.init_seed is not None else seed)
         if cfg.name_or_path is not None:
-            model = AutoModelForSequenceClassification.from_pretrained(cfg.name_or_path, dtype=dtype, **kwargs)
+            model = from_pretrained(AutoModelForSequenceClassification, cfg.name_or_path, dtype=dtype, **kwargs)
         else:
             config = config_from(cfg, tok)
             config.num_labels = 1

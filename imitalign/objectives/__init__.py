@@ -21,7 +21,7 @@ from .ratio import (
     simpo,
     ukl_generator,
 )
-from .registry import KINDS, ObjectiveSpec, build, get, names, register, register_bregman
+from .registry import KINDS, ObjectiveSpec, build, check_options, get, names, register, register_bregman
 from .reward import bradley_terry, discriminator_bce
 from .token import implicit_token_rewards, iqlearn, mle
 
@@ -33,6 +33,7 @@ __all__ = [
     "bradley_terry",
     "bregman",
     "build",
+    "check_options",
     "dil_bce",
     "dil_lsif",
     "dil_ukl",

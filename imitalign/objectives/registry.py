@@ -19,6 +19,7 @@ from typing import Any, Literal
 from torch import Tensor
 
 from . import ratio, reward, token
+from .rules import check_rule, holds
 
 Kind = Literal["pair", "token", "reward_pair", "classifier"]
 Reduction = Literal["sum", "mean"]
@@ -42,6 +43,8 @@ class ObjectiveSpec:
       defaults: every accepted option and its default value.
       doc: one line for listings (defaults to the first line of ``fn``'s docstring).
       required: options that must be given (e.g. ``generator`` for ``bregman``).
+      rules: a range per numeric option, as in the docstrings (``{"beta": "> 0", "label_smoothing": "[0, 0.5)"}``),
+        checked at config time by :func:`check_options`.
     """
 
     name: str
@@ -53,6 +56,7 @@ class ObjectiveSpec:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     doc: str = ""
     required: tuple[str, ...] = ()
+    rules: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -64,7 +68,13 @@ class ObjectiveSpec:
         missing = [opt for opt in self.required if opt not in self.defaults]
         if missing:
             raise ValueError(f"objective {self.name!r}: required options {missing} must appear in defaults")
+        unknown = [opt for opt in self.rules if opt not in self.defaults]
+        if unknown:
+            raise ValueError(f"objective {self.name!r}: rules for options {unknown} that are not in defaults")
+        for rule in self.rules.values():
+            holds(rule, 0.0)  # a malformed rule fails at registration
         object.__setattr__(self, "defaults", dict(self.defaults))
+        object.__setattr__(self, "rules", dict(self.rules))
         if not self.doc:
             object.__setattr__(self, "doc", (inspect.getdoc(self.fn) or "").split("\n")[0])
 
@@ -124,6 +134,22 @@ def get(name: str, **options: Any) -> ObjectiveSpec:
     return dataclasses.replace(spec, defaults={**spec.defaults, **options})
 
 
+def check_options(name: str, options: Mapping[str, Any] | None = None) -> ObjectiveSpec:
+    """The spec of ``name`` with ``options`` bound, after every check that needs no tensor: known names,
+    types, required options and each option's range rule (``beta > 0``, ``label_smoothing ∈ [0, 0.5)``, …).
+    Raises ValueError naming the option. Used by the config models, so a bad option stops a run before any
+    file is written."""
+    options = dict(options or {})
+    spec = get(name, **options)
+    missing = [opt for opt in spec.required if options.get(opt) is None]
+    if missing:
+        hint = ' (e.g. generator: "my_package.generators:f")' if "generator" in missing else ""
+        raise ValueError(f"objective {name!r} needs option(s) {', '.join(missing)}{hint}")
+    for opt, rule in spec.rules.items():
+        check_rule(name, opt, rule, spec.defaults[opt])
+    return spec
+
+
 def build(name: str, options: Mapping[str, Any] | None = None) -> ObjectiveFn:
     """The loss function of ``name`` with its defaults and ``options`` bound (a ``functools.partial``).
 
@@ -131,12 +157,7 @@ def build(name: str, options: Mapping[str, Any] | None = None) -> ObjectiveFn:
     options must be given (``bregman`` needs ``generator: "package.module:function"``, resolved here once).
     Call the result with the tensors, e.g. ``build("dpo", {"beta": 0.2})(pc, pr, rc, rr, lc, lr)``.
     """
-    options = dict(options or {})
-    spec = get(name, **options)
-    missing = [opt for opt in spec.required if options.get(opt) is None]
-    if missing:
-        hint = ' (e.g. generator: "my_package.generators:f")' if "generator" in missing else ""
-        raise ValueError(f"objective {name!r} needs option(s) {', '.join(missing)}{hint}")
+    spec = check_options(name, options)
     bound = dict(spec.defaults)
     if isinstance(bound.get("generator"), str):
         bound["generator"] = ratio.load_generator(bound["generator"])
@@ -152,6 +173,7 @@ def register_bregman(name: str, generator: ratio.Generator | str, *, overwrite: 
         fn=ratio.make_bregman(f, name),
         needs_reference=True,
         defaults=_CLAMPED_DIL_DEFAULTS,
+        rules=_CLAMPED_DIL_RULES,
         doc=f"DIL with the Bregman density-ratio estimator of generator {getattr(f, '__name__', f)!r}",
     )
     return register(spec, overwrite=overwrite)
@@ -161,15 +183,29 @@ def register_bregman(name: str, generator: ratio.Generator | str, *, overwrite: 
 _REF_DEFAULTS = {"beta": 0.1, "length_normalize": False}
 _DIL_DEFAULTS = {"beta": 1.0, "length_normalize": True}
 _CLAMPED_DIL_DEFAULTS = {**_DIL_DEFAULTS, "max_log_ratio": 20.0}
+_BETA = {"beta": "> 0"}
+_CLAMPED_DIL_RULES = {**_BETA, "max_log_ratio": "> 0"}
 
 _BUILTINS = (
-    ObjectiveSpec("dpo", "pair", ratio.dpo, needs_reference=True, defaults={**_REF_DEFAULTS, "label_smoothing": 0.0}),
-    ObjectiveSpec("ipo", "pair", ratio.ipo, needs_reference=True, defaults=_REF_DEFAULTS),
-    ObjectiveSpec("hinge", "pair", ratio.hinge, needs_reference=True, defaults=_REF_DEFAULTS),
-    ObjectiveSpec("simpo", "pair", ratio.simpo, defaults={"beta": 2.0, "length_normalize": True, "gamma": 0.5}),
-    ObjectiveSpec("dil_lsif", "pair", ratio.dil_lsif, needs_reference=True, defaults=_CLAMPED_DIL_DEFAULTS),
-    ObjectiveSpec("dil_ukl", "pair", ratio.dil_ukl, needs_reference=True, defaults=_CLAMPED_DIL_DEFAULTS),
-    ObjectiveSpec("dil_bce", "pair", ratio.dil_bce, needs_reference=True, defaults=_DIL_DEFAULTS),
+    ObjectiveSpec(
+        "dpo", "pair", ratio.dpo, needs_reference=True, defaults={**_REF_DEFAULTS, "label_smoothing": 0.0},
+        rules={**_BETA, "label_smoothing": "[0, 0.5)"},
+    ),
+    ObjectiveSpec("ipo", "pair", ratio.ipo, needs_reference=True, defaults=_REF_DEFAULTS, rules=_BETA),
+    ObjectiveSpec("hinge", "pair", ratio.hinge, needs_reference=True, defaults=_REF_DEFAULTS, rules=_BETA),
+    ObjectiveSpec(
+        "simpo", "pair", ratio.simpo, defaults={"beta": 2.0, "length_normalize": True, "gamma": 0.5},
+        rules=_BETA,
+    ),
+    ObjectiveSpec(
+        "dil_lsif", "pair", ratio.dil_lsif, needs_reference=True, defaults=_CLAMPED_DIL_DEFAULTS,
+        rules=_CLAMPED_DIL_RULES,
+    ),
+    ObjectiveSpec(
+        "dil_ukl", "pair", ratio.dil_ukl, needs_reference=True, defaults=_CLAMPED_DIL_DEFAULTS,
+        rules=_CLAMPED_DIL_RULES,
+    ),
+    ObjectiveSpec("dil_bce", "pair", ratio.dil_bce, needs_reference=True, defaults=_DIL_DEFAULTS, rules=_BETA),
     ObjectiveSpec(
         "bregman",
         "pair",
@@ -177,6 +213,7 @@ _BUILTINS = (
         needs_reference=True,
         defaults={"generator": None, **_CLAMPED_DIL_DEFAULTS},
         required=("generator",),
+        rules=_CLAMPED_DIL_RULES,
     ),
     ObjectiveSpec("mle", "token", token.mle, reduction="sum"),
     ObjectiveSpec(
@@ -186,6 +223,7 @@ _BUILTINS = (
         needs_values=True,
         reduction="sum",
         defaults={"lam": 0.1, "gamma": 1.0, "alpha": 0.0},
+        rules={"lam": ">= 0", "gamma": "[0, 1]", "alpha": "[0, 1]"},
     ),
     ObjectiveSpec("bradley_terry", "reward_pair", reward.bradley_terry),
     ObjectiveSpec("discriminator_bce", "classifier", reward.discriminator_bce),

@@ -135,9 +135,9 @@ def load_scoring_lm(path: str, dtype: str, device: torch.device) -> nn.Module:
     ``device``, in eval mode."""
     from transformers import AutoModelForCausalLM
 
-    from imitalign.model.load import resolve_dtype
+    from imitalign.model.load import from_pretrained, resolve_dtype
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype)).to(device).eval()
+    return from_pretrained(AutoModelForCausalLM, path, dtype=resolve_dtype(dtype)).to(device).eval()
 
 
 class ImplicitReward(TokenizingSource):

@@ -13,6 +13,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from imitalign.faults import fault
+
 STATE_FILE = "trainer_state.json"
 
 
@@ -39,6 +41,7 @@ def save_checkpoint(accelerator: Any, run_dir: Path, step: int, state: dict[str,
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    fault("checkpoint:written")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=2))

@@ -19,7 +19,6 @@ and RNG states come from the checkpoint, so the result equals an uninterrupted r
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -41,23 +40,35 @@ from imitalign import objectives
 from imitalign.config import Config, dump_config
 from imitalign.data.collate import pad_id_for
 from imitalign.data.dataset import ParsedData, ParsedSplit, build_datasets, load_split, parse_data
+from imitalign.failures import ensure_space
+from imitalign.faults import fault
+from imitalign.manifest import seal_model
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
 from imitalign.model.score import load_score_model
+from imitalign.processes import on_main
 from imitalign.reward.labels import read_labels
+from imitalign.runs import legacy_train_fingerprint, train_fingerprint
 from imitalign.train import optim, sharding, steps
 from imitalign.train.batching import StepPlan, epoch_order, plan_step, policy_order, steps_per_epoch
-from imitalign.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from imitalign.train.checkpoint import load_checkpoint, save_checkpoint
+from imitalign.train.integrity import (
+    FINITE_KEY,
+    TrainingError,
+    checkpoint_bytes,
+    checkpoint_step,
+    last_finite_checkpoint,
+    start_checkpoint,
+    step_grad_norm,
+    truncate_metrics,
+    weights_finite,
+)
 from imitalign.train.kinds import LossContext, StepCounts, check_objective, collate_demo_batch, kind_of
 from imitalign.train.reference import attach_reference, precompute_reference
 from imitalign.train.tracking import MetricMean, MetricsLog, Throughput, available_trackers, peak_memory_mb
 
 log = logging.getLogger(__name__)
-
-
-class TrainingError(RuntimeError):
-    """The run cannot go on (non-finite loss, ...); the message says what happened and what is kept."""
 
 
 @dataclass
@@ -78,9 +89,9 @@ def train(cfg: Config, *, resume: bool = False, quiet: bool = False) -> TrainRes
 
 
 def config_fingerprint(cfg: Config) -> str:
-    """Fields that change what is trained (not where it is logged) — a resumed run must match them."""
-    keep = cfg.model_dump(mode="json", exclude={"train": {"log_every", "eval_every", "save_every", "trackers"}})
-    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+    """Fields that change what is trained (not where it lives, what it is called or how it is logged) — a
+    resumed run must match them (:func:`imitalign.runs.train_fingerprint`; a moved run folder resumes)."""
+    return train_fingerprint(cfg)
 
 
 class Trainer:
@@ -140,14 +151,12 @@ class Trainer:
         self.sharded = sharding.is_sharded(self.accelerator)  # FSDP2 / ZeRO-3: the reference runs once sharded
         self.main = self.accelerator.is_main_process
         self.world, self.rank = self.accelerator.num_processes, self.accelerator.process_index
-        ckpt = _resume_checkpoint(cfg, run_dir) if resume else None
-        if not resume and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
-            raise TrainingError(
-                f"{run_dir} already holds checkpoints: pass --resume to continue, or pick a new output_dir"
-            )
+        fingerprints = (config_fingerprint(cfg), legacy_train_fingerprint(cfg))
+        ckpt = start_checkpoint(run_dir, resume, fingerprints, say=print if self.main else None)
         if self.main:
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_config(cfg, run_dir / "config.yaml")
+            truncate_metrics(run_dir / "metrics.jsonl", checkpoint_step(ckpt))  # each step logged once
         self.metrics_log = MetricsLog(run_dir / "metrics.jsonl", self.accelerator, enabled=self.main)
         set_seed(cfg.run.seed)
         return ckpt
@@ -264,21 +273,19 @@ class Trainer:
 
     def step(self) -> torch.Tensor | None:
         """One optimiser step: forward and backward of its micro-batches (DDP syncs on the last), clip, check
-        that loss and gradient are finite, AdamW, schedule. Returns the gradient norm (None without clipping)."""
+        that loss and gradient are finite, AdamW, schedule. Returns the gradient norm (also without clipping)."""
         micro_batches, counts = self._micro_batches(self._plan())
         step_loss = torch.zeros((), device=self.accelerator.device)
         for m, (batch, weights) in enumerate(micro_batches):
             step_loss += self._forward_backward(batch, weights, counts, sync=m == len(micro_batches) - 1)
-        grad_norm = None
-        if self.cfg.train.max_grad_norm is not None:
-            grad_norm = self.accelerator.clip_grad_norm_(self.engine.parameters(), self.cfg.train.max_grad_norm)
-        # one host sync per optimiser step: stop before a non-finite loss reaches the weights or a checkpoint
-        check = step_loss if grad_norm is None else step_loss + 0 * grad_norm
-        if not torch.isfinite(check):
+        # the norm is computed with clipping off too (clipped to ∞): a NaN/inf gradient is caught before the update
+        grad_norm = step_grad_norm(self.accelerator, self.engine.parameters(), self.cfg.train.max_grad_norm)
+        # one host sync per optimiser step: stop before a non-finite loss or gradient reaches the weights
+        if not torch.isfinite(step_loss + 0 * grad_norm):
             raise TrainingError(
                 f"non-finite loss or gradient at step {self.global_step + 1} "
-                f"(objective {self.spec.name}, lr {self.scheduler.get_last_lr()[0]:.3g}); "
-                f"the weights were not updated. Last good checkpoint: {latest_checkpoint(self.run_dir) or 'none'}. "
+                f"(objective {self.spec.name}, lr {self.scheduler.get_last_lr()[0]:.3g}); the weights were not "
+                f"updated. Last good checkpoint: {last_finite_checkpoint(self.run_dir) or 'none'}. "
                 "Lower the learning rate, check the data, or for dil_lsif lower beta / keep length_normalize on."
             )
         self.optimizer.step()
@@ -400,7 +407,18 @@ class Trainer:
         """An atomic checkpoint of the step (model, optimiser, schedule, RNG) that ``resume`` continues from."""
         step = self.global_step
         state = {"step": step, "epoch": step / self.per_epoch, "config_fingerprint": config_fingerprint(self.cfg)}
+        state[FINITE_KEY] = self._check_finite()  # a checkpoint is only ever called good when verified so
+        on_main(lambda: ensure_space(self.run_dir, checkpoint_bytes(self.model), f"the checkpoint of step {step}"))
         save_checkpoint(self.accelerator, self.run_dir, step, state, keep=self.cfg.train.keep_checkpoints)
+
+    def _check_finite(self) -> bool:
+        """The weights are finite (else a :class:`TrainingError`: nothing non-finite is checkpointed or saved)."""
+        if not weights_finite(self.accelerator.unwrap_model(self.engine), self.accelerator):
+            raise TrainingError(
+                f"the weights are not finite at step {self.global_step}; nothing was saved. Last good checkpoint: "
+                f"{last_finite_checkpoint(self.run_dir) or 'none'}"
+            )
+        return True
 
     # ---------------------------------------------------------------- close
     def close(self) -> TrainResult:
@@ -411,14 +429,18 @@ class Trainer:
             self.metrics_log.write({f"eval/{k}": v for k, v in self.last_eval.items()}, self.global_step)
         model_dir = run_dir / "model"
         acc.wait_for_everyone()
+        self._check_finite()
         full = sharding.full_state_dict(acc, self.engine) if self.sharded else None  # every process takes part
+        lm = acc.unwrap_model(self.engine).lm
+        on_main(lambda: ensure_space(run_dir, checkpoint_bytes(lm, optimizer_states=0), "the trained model"))
         if self.main:
             tmp = run_dir / "model.tmp"
-            lm = acc.unwrap_model(self.engine).lm
             save_model(lm if full is None else sharding.consolidated_copy(lm, full), self.tok, tmp)
             if model_dir.exists():
                 shutil.rmtree(model_dir)
             os.replace(tmp, model_dir)
+            fault("model:saved")
+            seal_model(model_dir)  # sizes and hashes of its files: a truncated copy is never reused
         seconds = time.perf_counter() - self.t_start
         result = TrainResult(run_dir, model_dir, self.global_step, self.last_train, self.last_eval, seconds)
         if self.main:
@@ -429,20 +451,6 @@ class Trainer:
             tracker.finish()  # process (imitalign iterate trains several times in one launch); torchrun tears it down
         acc.wait_for_everyone()  # summary.json is written before any process returns
         return result
-
-
-def _resume_checkpoint(cfg: Config, run_dir: Path) -> Path:
-    """The newest complete checkpoint of ``run_dir``, written by a config that trains the same thing."""
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise TrainingError(f"--resume: no complete checkpoint under {run_dir / 'checkpoints'}")
-    saved = json.loads((ckpt / "trainer_state.json").read_text())
-    if saved.get("config_fingerprint") != config_fingerprint(cfg):
-        raise TrainingError(
-            f"--resume: {ckpt} was written by a different configuration (what is trained changed); "
-            "resume with the config saved in the run folder, or start a new output_dir"
-        )
-    return ckpt
 
 
 def _cpu_processes() -> bool:

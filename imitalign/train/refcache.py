@@ -20,10 +20,12 @@ The key is a SHA-256 of
 The reference *mode* is not part of the key: the weights hash already says what the reference is (the
 adapter-disabled base under LoRA hashes like the same base without LoRA).
 
-An entry is ``<cache_dir>/<key>.safetensors`` holding ``logps [n, 2]`` float32 (chosen, rejected) and the key
-and fingerprint parts as metadata (safetensors: no pickle). Writes are atomic (a temporary file in the same
-folder, then ``os.replace``). A file that cannot be read, whose stored key or shape does not match, or that
-holds non-finite values is reported in the log and recomputed — never used.
+An entry is ``<cache_dir>/<key>.safetensors`` holding ``logps [n, 2]`` float32 (chosen, rejected) and the key,
+the fingerprint parts and the SHA-256 of the tensor's bytes (recorded when it is written) as metadata
+(safetensors: no pickle). Writes are atomic (a temporary file in the same folder, then ``os.replace``). A file
+that cannot be read, whose stored key or shape does not match, whose values are not the ones written (an
+edited file: their hash differs; or an entry written before hashes were recorded) or that holds non-finite
+values is reported in the log and recomputed — never used.
 """
 
 from __future__ import annotations
@@ -200,6 +202,8 @@ class RefLogpsCache:
             problem = f"its stored key {meta.get('key')!r} is not {key!r}"
         elif logps.dtype != torch.float32 or tuple(logps.shape) != (n, 2):
             problem = f"it holds {logps.dtype} {tuple(logps.shape)}, expected float32 ({n}, 2)"
+        elif meta.get("sha256") != _tensor_sha256(logps):
+            problem = "its values are not the ones written (their content hash differs, or none was recorded)"
         elif not torch.isfinite(logps).all():
             problem = "it holds non-finite values"
         if problem:
@@ -214,13 +218,19 @@ class RefLogpsCache:
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=self.dir)
         os.close(fd)
         try:
+            values = logps.detach().float().cpu().contiguous()
             meta = {"key": key, "fingerprint": json.dumps(fingerprint, sort_keys=True)}
-            save_file({"logps": logps.detach().float().cpu().contiguous()}, tmp, metadata=meta)
+            meta["sha256"] = _tensor_sha256(values)
+            save_file({"logps": values}, tmp, metadata=meta)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
         return path
+
+
+def _tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
 
 
 def data_lengths(items: Sequence[Any]) -> list[int]:

@@ -49,8 +49,14 @@ def reference_mode(cfg: Config) -> str:
 
 
 def _load_reference_lm(cfg: Config) -> torch.nn.Module:
-    lm = AutoModelForCausalLM.from_pretrained(
-        cfg.reference.name_or_path, dtype=resolve_dtype(cfg.model.dtype), trust_remote_code=cfg.model.trust_remote_code
+    from imitalign.model.load import from_pretrained
+
+    lm = from_pretrained(
+        AutoModelForCausalLM,
+        cfg.reference.name_or_path,
+        "reference",
+        dtype=resolve_dtype(cfg.model.dtype),
+        trust_remote_code=cfg.model.trust_remote_code,
     )
     return frozen_copy(lm)
 
