@@ -34,6 +34,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from imitalign.model import segment_attention
+
 
 @dataclass
 class LogProbs:
@@ -276,6 +278,8 @@ class LogProbModel(nn.Module):
             model_kw = {"attention_mask": attention_mask}
         else:  # packed rows: the document structure lives in the position ids
             model_kw = {"attention_mask": None, "position_ids": position_ids}
+            if segment_attention.active(self.lm):  # each sequence attends to itself only (segment_attention)
+                model_kw["segments"] = segment_attention.segments_of(position_ids, attention_mask)
         if target_index is None:
             targets_mask = response_mask[:, 1:]
             targets = input_ids[:, 1:][targets_mask]
