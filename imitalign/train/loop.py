@@ -143,6 +143,7 @@ class Trainer:
         self.run_dir = run_dir = Path(cfg.run.output_dir)
         self.trackers = available_trackers(list(cfg.train.trackers))
         mixed_precision = _mixed_precision(cfg.train.mixed_precision)
+        _fresh_accelerator_state()
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision,
             log_with=self.trackers or None,
@@ -465,6 +466,16 @@ def _cpu_processes() -> bool:
     --num_processes N``; ``accelerate launch --cpu`` starts one process unless mpirun is used): accelerate joins
     them in a gloo process group only when told ``cpu=True`` — otherwise each process would train alone."""
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _fresh_accelerator_state() -> None:
+    """accelerate keeps one ``AcceleratorState`` per process and refuses an ``Accelerator`` whose mixed precision
+    differs from the first one's, so a second run in the same process (the Python API, the quickstart, a bf16 vs
+    fp32 comparison) would fail. Each run starts from a fresh one; ``PartialState`` — the process group, owned by
+    the launcher — is kept."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _mixed_precision(name: str) -> str:
