@@ -14,8 +14,8 @@ each full-size number on a tiny plan of the library's own gym experiments (``imi
 Standard errors are over the 48 held-out prompts of paired per-prompt differences (the same prompts and, for
 best-of-N, the same candidates), except the IQLearn rows (two independently sampled models: se of the difference
 from the two se). Measured spread (seeds 0, 1, 2 of this plan): in each test's docstring; every threshold sits
-several se below the smallest of the three. Cost: one module fixture, 45 s in pytest (50 s wall with the
-interpreter, 47 s CPU) on 1 thread at load average 3.4–3.7: π_init 20 s, the AfD pipeline 12 s, best-of-16 6 s,
+several se below the smallest of the three. Cost: one module fixture, 39–45 s in pytest (43–50 s wall with the
+interpreter, 38–47 s CPU) on 1 thread at load average 2.9–3.7: π_init 20 s, the AfD pipeline 12 s, best-of-16 6 s,
 the two IQLearn-frontier trainings and evaluations ~10 s.
 
 Left out (benchmark only, see docs/contracts.md): "SFT samples match the data's mean gold" needs a π_init that fits
