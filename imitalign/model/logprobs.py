@@ -15,7 +15,8 @@ backward); the result is identical to the plain computation.
 marks the real tokens. *Packed* (``position_ids`` given, see ``imitalign.data.collate.collate_pairs_packed``):
 several sequences share a row, ``position_ids`` restart at 0 at each sequence, and the model receives no 2D
 attention mask, so ``transformers`` derives a document-aware (block-diagonal causal) mask from the position
-ids — each sequence attends only to itself. Rows carry per-target index tensors computed by the collator on
+ids — each sequence attends only to itself (or, once ``segment_attention.enable`` switched the model, the engine
+passes each row's sequence spans and every sequence runs its own causal attention). Rows carry per-target index tensors computed by the collator on
 the host (``target_index``, ``target_seq``, ``target_pos``, ``token_mask``); with them the engine gathers the
 response positions with ``index_select`` and scatters results with ``index_put``, so the step
 has no boolean-mask indexing (which on an accelerator forces a host-device sync to learn the output size).
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from imitalign.model import segment_attention
 
 
 @dataclass
@@ -276,6 +279,8 @@ class LogProbModel(nn.Module):
             model_kw = {"attention_mask": attention_mask}
         else:  # packed rows: the document structure lives in the position ids
             model_kw = {"attention_mask": None, "position_ids": position_ids}
+            if segment_attention.active(self.lm):  # each sequence attends to itself only (segment_attention)
+                model_kw["segments"] = segment_attention.segments_of(position_ids, attention_mask)
         if target_index is None:
             targets_mask = response_mask[:, 1:]
             targets = input_ids[:, 1:][targets_mask]

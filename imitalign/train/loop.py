@@ -43,6 +43,7 @@ from imitalign.data.dataset import ParsedData, ParsedSplit, build_datasets, load
 from imitalign.failures import ensure_space
 from imitalign.faults import fault
 from imitalign.manifest import seal_model
+from imitalign.model import segment_attention
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
@@ -199,6 +200,7 @@ class Trainer:
         self.engine = model if self.kind.score_model else LogProbModel(model, chunk_tokens=train.chunk_tokens)
         self.packing = train.packing and not self.kind.score_model
         if self.packing:
+            segment_attention.enable(self.model)  # packed rows attend sequence by sequence where that is exact
             try:
                 check_packing(self.model, self.pad_id)
             except PackingUnsupported as e:
