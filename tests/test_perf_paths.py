@@ -72,13 +72,47 @@ def test_head_without_backward_runs_in_chunks_with_the_same_numbers(monkeypatch)
     h, t = torch.randn(10, 16), torch.randint(0, V, (10,))
     lp_full, v_full = logprobs.head_logps(h.requires_grad_(), head, t)  # a backward to serve: one chunk
     calls = []
-    real = logprobs._lse_pick
-    monkeypatch.setattr(logprobs, "_lse_pick", lambda z, tt: calls.append(z.shape[0]) or real(z, tt))
+    real = logprobs._lse_pick_
+    monkeypatch.setattr(logprobs, "_lse_pick_", lambda z, tt: calls.append(z.shape[0]) or real(z, tt))
     monkeypatch.setattr(logprobs, "_NOGRAD_ELEMS", 3 * V)  # 3 rows per chunk
     with torch.no_grad():
         lp, v = logprobs.head_logps(h, head, t)
     assert calls == [3, 3, 3, 1]
     assert torch.allclose(lp, lp_full, atol=1e-6, rtol=0) and torch.allclose(v, v_full, atol=1e-6, rtol=0)
+
+
+def test_in_place_logsumexp_equals_torch_bit_for_bit_and_leaves_the_unnormalised_softmax():
+    torch.manual_seed(0)
+    z = torch.randn(7, V) * 4 + 10  # large logits: a naive exp would overflow
+    t = torch.randint(0, V, (7,))
+    lse_torch = torch.logsumexp(z, -1)
+    lp_torch = z.gather(-1, t[:, None]).squeeze(-1) - lse_torch
+    e = z.clone()
+    lp, lse, total = logprobs._lse_pick_(e, t)
+    assert torch.equal(lse, lse_torch) and torch.equal(lp, lp_torch)  # the same numbers as before, bit for bit
+    assert torch.allclose(e / total[:, None], torch.softmax(z, -1), atol=1e-7, rtol=1e-5)
+    empty = torch.zeros(0, V)
+    lp0, lse0, _ = logprobs._lse_pick_(empty, torch.zeros(0, dtype=torch.long))
+    assert lp0.shape == lse0.shape == (0,)
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_fused_head_gradients_equal_float64_autograd(chunk):
+    """The kept path (``e · (g_v − g_lp) / Σ``) and the recompute path (``exp(z − lse)``) against autograd."""
+    torch.manual_seed(1)
+    h = torch.randn(8, 16, dtype=torch.float64)
+    w, b = torch.randn(V, 16, dtype=torch.float64) * 0.3, torch.randn(V, dtype=torch.float64)
+    t = torch.randint(0, V, (8,))
+    g_lp, g_v = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    leaves64 = [x.clone().requires_grad_() for x in (h, w, b)]
+    z = torch.nn.functional.linear(*leaves64)
+    lse = torch.logsumexp(z, -1)
+    want = torch.autograd.grad(((z.gather(-1, t[:, None]).squeeze(-1) - lse) * g_lp + lse * g_v).sum(), leaves64)
+    leaves = [x.float().requires_grad_() for x in (h, w, b)]
+    lp32, lse32 = logprobs._FusedHeadLogps.apply(*leaves, t, chunk)
+    got = torch.autograd.grad((lp32 * g_lp.float() + lse32 * g_v.float()).sum(), leaves)
+    for g, want_g in zip(got, want, strict=True):
+        assert torch.allclose(g.double(), want_g, atol=1e-5, rtol=1e-4)
 
 
 def test_auto_chunk_rule_by_hand():

@@ -37,6 +37,8 @@ class Method:
     data: str  # "prefs" or "expert"
     options: dict[str, Any] = field(default_factory=dict)
     lr: float | None = None
+    train: dict[str, Any] = field(default_factory=dict)  # more train options, e.g. {"mixed_precision": "bf16"}
+    folder: str | None = None  # run folder under the seed's work folder (default: the objective's name)
 
 
 METHODS: tuple[Method, ...] = (
@@ -103,8 +105,8 @@ def run_seed(root: Path, plan: Plan, seed: int, methods: tuple[Method, ...]) -> 
         lr = m.lr or (plan.pref_lr if m.data == "prefs" else plan.demo_lr)
         epochs = plan.pref_epochs if m.data == "prefs" else plan.demo_epochs
         cfg = gym_run_config(
-            work / m.objective, {"name_or_path": str(sft_dir)}, data, m.objective, m.options,
-            {"lr": lr, "epochs": epochs, "batch_size": plan.batch, "eval_every": 10}, seed,
+            work / (m.folder or m.objective), {"name_or_path": str(sft_dir)}, data, m.objective, m.options,
+            {"lr": lr, "epochs": epochs, "batch_size": plan.batch, "eval_every": 10, **m.train}, seed,
         )
         summary = train_or_reuse(cfg)
         res = evaluate_run(m.name, Path(summary["model_dir"]), sft_model, eval_prompts, eval_pairs, plan, seed,

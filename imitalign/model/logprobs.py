@@ -15,7 +15,8 @@ backward); the result is identical to the plain computation.
 marks the real tokens. *Packed* (``position_ids`` given, see ``imitalign.data.collate.collate_pairs_packed``):
 several sequences share a row, ``position_ids`` restart at 0 at each sequence, and the model receives no 2D
 attention mask, so ``transformers`` derives a document-aware (block-diagonal causal) mask from the position
-ids — each sequence attends only to itself. Rows carry per-target index tensors computed by the collator on
+ids — each sequence attends only to itself (or, once ``segment_attention.enable`` switched the model, the engine
+passes each row's sequence spans and every sequence runs its own causal attention). Rows carry per-target index tensors computed by the collator on
 the host (``target_index``, ``target_seq``, ``target_pos``, ``token_mask``); with them the engine gathers the
 response positions with ``index_select`` and scatters results with ``index_put``, so the step
 has no boolean-mask indexing (which on an accelerator forces a host-device sync to learn the output size).
@@ -33,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from imitalign.model import segment_attention
 
 
 @dataclass
@@ -59,7 +62,7 @@ def _head_logps(hidden: Tensor, head: nn.Module, targets: Tensor) -> tuple[Tenso
 
 # Without a backward (reference pass, evaluation) the logits are computed in chunks of at most this many
 # elements (64 MB in fp32): nothing is kept for backward, so chunking costs nothing and bounds the pass's memory.
-# logsumexp's ``[rows, V]`` temporary is bounded the same way in every path.
+# The in-place logsumexp (``_lse_pick_``) needs no ``[rows, V]`` temporary in any path.
 _NOGRAD_ELEMS = 1 << 24
 # ``chunk_tokens="auto"``: chunk the head (recompute its logits in backward) only when the logits it would keep
 # exceed AUTO_CHUNK_BYTES *and* the recomputation (one ``[M, H] × [H, V]`` matmul) is estimated below
@@ -69,15 +72,17 @@ AUTO_CHUNK_BYTES = 256 * 2**20
 AUTO_CHUNK_MAX_COST = 0.05
 
 
-def _lse_pick(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """``(z[t] − logsumexp z, logsumexp z)`` per row of fp32 logits ``z [m, V]``; logsumexp over row blocks of
-    ``_NOGRAD_ELEMS`` elements, so that its temporary is not a second ``[m, V]`` tensor (same numbers)."""
-    rows = max(1, _NOGRAD_ELEMS // max(z.shape[1], 1))
-    if z.shape[0] <= rows:
-        lse = torch.logsumexp(z, dim=-1)
-    else:
-        lse = torch.cat([torch.logsumexp(b, dim=-1) for b in z.split(rows)])
-    return z.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, lse
+def _lse_pick_(z: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(z[t] − logsumexp z, logsumexp z, Σ exp(z − max z))`` per row of fp32 logits ``z [m, V]``, computed
+    **in place**: ``z`` is left holding ``exp(z − max z)``, the unnormalised softmax that backward scales by
+    ``1 / Σ`` (``_softmax_grad_kept_``). ``logsumexp z = max z + log Σ exp(z − max z)`` is formed exactly as
+    ``torch.logsumexp`` forms it (same numbers, bit for bit) but without its ``[m, V]`` temporary: one
+    ``amax``, ``sub_``, ``exp_`` and ``sum`` over the logits instead of a fresh allocation and five passes."""
+    picked = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    top = z.amax(-1, keepdim=True) if z.shape[0] else z.new_zeros(0, 1)
+    total = z.sub_(top).exp_().sum(-1)
+    lse = total.log().add_(top.squeeze(-1))
+    return picked - lse, lse, total
 
 
 def auto_chunk(m: int, tokens: int, body_params: int, hidden: int, vocab: int) -> int | None:
@@ -94,26 +99,33 @@ def auto_chunk(m: int, tokens: int, body_params: int, hidden: int, vocab: int) -
 
 
 def _softmax_grad_(z: Tensor, lse: Tensor, g_lp: Tensor, g_v: Tensor, targets: Tensor) -> Tensor:
-    """``∂z = softmax(z) · (g_v − g_lp) + onehot(t) · g_lp``, formed in place in ``z``."""
+    """``∂z = softmax(z) · (g_v − g_lp) + onehot(t) · g_lp``, formed in place in the (recomputed) logits ``z``."""
     z.sub_(lse.unsqueeze(-1)).exp_().mul_((g_v - g_lp).unsqueeze(-1))
     return z.scatter_add_(-1, targets.unsqueeze(-1), g_lp.unsqueeze(-1))
+
+
+def _softmax_grad_kept_(e: Tensor, total: Tensor, g_lp: Tensor, g_v: Tensor, targets: Tensor) -> Tensor:
+    """The same ``∂z`` from forward's kept ``e = exp(z − max z)`` and ``total = Σ e``: ``softmax(z) = e / total``,
+    so one in-place pass ``e · (g_v − g_lp) / total`` (no ``sub_``/``exp_`` over the logits again)."""
+    e.mul_(((g_v - g_lp) / total).unsqueeze(-1))
+    return e.scatter_add_(-1, targets.unsqueeze(-1), g_lp.unsqueeze(-1))
 
 
 def _chunked_logps(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int | None, keep: bool
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``(log-probs, lse, kept logits)`` over chunks of ``chunk`` positions (one chunk when None); the fp32
-    logits of the single chunk are returned for backward when ``keep``."""
+    """``(log-probs, lse, kept)`` over chunks of ``chunk`` positions (one chunk when None); with ``keep`` the single
+    chunk's ``(exp(z − max z), Σ)`` are returned for backward (see ``_lse_pick_``), else None."""
     m = hidden.shape[0]
     step = max(chunk or m, 1)
     lps, lses, kept = [], [], None
     for s in range(0, m, step):
         z = torch.nn.functional.linear(hidden[s : s + step], weight, bias).float()
-        lp, lse = _lse_pick(z, targets[s : s + step])
+        lp, lse, total = _lse_pick_(z, targets[s : s + step])
         lps.append(lp)
         lses.append(lse)
         if keep:
-            kept = z  # reused (overwritten) by backward: no recompute without chunking
+            kept = (z, total)  # reused (overwritten) by backward: no recompute without chunking
     lse = torch.cat(lses) if lses else hidden.new_zeros(0, dtype=torch.float32)
     lp = torch.cat(lps) if lps else hidden.new_zeros(0, dtype=torch.float32)
     return lp, lse, kept
@@ -150,8 +162,11 @@ class _FusedHeadLogps(torch.autograd.Function):
         d_w = d_b = None
         for s in range(0, m, step):
             e = min(s + step, m)
-            z = ctx.kept if ctx.kept is not None else torch.nn.functional.linear(hidden[s:e], weight, bias).float()
-            dz = _softmax_grad_(z, lse[s:e], g_lp[s:e], g_v[s:e], targets[s:e])
+            if ctx.kept is not None:
+                dz = _softmax_grad_kept_(*ctx.kept, g_lp[s:e], g_v[s:e], targets[s:e])
+            else:
+                z = torch.nn.functional.linear(hidden[s:e], weight, bias).float()
+                dz = _softmax_grad_(z, lse[s:e], g_lp[s:e], g_v[s:e], targets[s:e])
             if d_h is not None:
                 torch.mm(dz.to(weight.dtype), weight, out=d_h[s:e])
             if need_w:  # the first chunk writes, later ones accumulate (no zero-filled [V, H] buffer)
@@ -264,6 +279,8 @@ class LogProbModel(nn.Module):
             model_kw = {"attention_mask": attention_mask}
         else:  # packed rows: the document structure lives in the position ids
             model_kw = {"attention_mask": None, "position_ids": position_ids}
+            if segment_attention.active(self.lm):  # each sequence attends to itself only (segment_attention)
+                model_kw["segments"] = segment_attention.segments_of(position_ids, attention_mask)
         if target_index is None:
             targets_mask = response_mask[:, 1:]
             targets = input_ids[:, 1:][targets_mask]

@@ -43,6 +43,7 @@ from imitalign.data.dataset import ParsedData, ParsedSplit, build_datasets, load
 from imitalign.failures import ensure_space
 from imitalign.faults import fault
 from imitalign.manifest import seal_model
+from imitalign.model import segment_attention
 from imitalign.model.load import load_policy, save_model
 from imitalign.model.logprobs import LogProbModel
 from imitalign.model.packing import PackingUnsupported, check_packing
@@ -143,6 +144,7 @@ class Trainer:
         self.run_dir = run_dir = Path(cfg.run.output_dir)
         self.trackers = available_trackers(list(cfg.train.trackers))
         mixed_precision = _mixed_precision(cfg.train.mixed_precision)
+        _fresh_accelerator_state()
         self.accelerator = Accelerator(
             mixed_precision=mixed_precision,
             log_with=self.trackers or None,
@@ -198,6 +200,7 @@ class Trainer:
         self.engine = model if self.kind.score_model else LogProbModel(model, chunk_tokens=train.chunk_tokens)
         self.packing = train.packing and not self.kind.score_model
         if self.packing:
+            segment_attention.enable(self.model)  # packed rows attend sequence by sequence where that is exact
             try:
                 check_packing(self.model, self.pad_id)
             except PackingUnsupported as e:
@@ -465,6 +468,16 @@ def _cpu_processes() -> bool:
     --num_processes N``; ``accelerate launch --cpu`` starts one process unless mpirun is used): accelerate joins
     them in a gloo process group only when told ``cpu=True`` — otherwise each process would train alone."""
     return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _fresh_accelerator_state() -> None:
+    """accelerate keeps one ``AcceleratorState`` per process and refuses an ``Accelerator`` whose mixed precision
+    differs from the first one's, so a second run in the same process (the Python API, the quickstart, a bf16 vs
+    fp32 comparison) would fail. Each run starts from a fresh one; ``PartialState`` — the process group, owned by
+    the launcher — is kept."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _mixed_precision(name: str) -> str:

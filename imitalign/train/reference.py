@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM
 
 from imitalign.config import Config
 from imitalign.data.collate import collate_pairs, collate_pairs_packed, pad_id_for, with_target_index
+from imitalign.model import segment_attention
 from imitalign.model.load import frozen_copy, resolve_dtype
 from imitalign.model.logprobs import LogProbModel
 from imitalign.train import refcache, sharding
@@ -58,6 +59,8 @@ def _load_reference_lm(cfg: Config) -> torch.nn.Module:
         dtype=resolve_dtype(cfg.model.dtype),
         trust_remote_code=cfg.model.trust_remote_code,
     )
+    if cfg.train.packing:
+        segment_attention.enable(lm)  # like the policy's (Trainer._setup_engine)
     return frozen_copy(lm)
 
 
