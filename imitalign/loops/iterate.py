@@ -32,15 +32,14 @@ used — a Bradley–Terry reward model trained on those pairs; ``${gym.<name>}`
 config are replaced by their paths (``sft``, ``online_prompts``, ``eval_prompts``, ``prefs``, ``eval_pairs``,
 ``rm``, ``tokenizer``, ``root``).
 
-This module holds the loop (preflight, stages, rounds); the config models and their reading are in
-:mod:`imitalign.loops.iterate_config`, the tables and report in :mod:`imitalign.loops.iterate_report` (their
-public names are importable from here too).
+This module holds the loop (which stages of which round run); the preflight and each round's train config are in
+:mod:`imitalign.loops.iterate_preflight`, the stage bodies in :mod:`imitalign.loops.iterate_stages`, the config
+models and their reading in :mod:`imitalign.loops.iterate_config`, the tables and report in
+:mod:`imitalign.loops.iterate_report` (their public names are importable from here too).
 """
 
 from __future__ import annotations
 
-import logging
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,8 +48,7 @@ from typing import Any
 
 import yaml
 
-from imitalign import objectives
-from imitalign.config import Config, ConfigError, apply_overrides, load_config
+from imitalign.config import ConfigError, apply_overrides
 from imitalign.loops.iterate_config import (
     EnhancerConfig,
     EvalConfig,
@@ -66,6 +64,7 @@ from imitalign.loops.iterate_config import (
     read_iterate_config,
     resolve_config,
 )
+from imitalign.loops.iterate_preflight import LoopError, Preflight, preflight, train_config
 from imitalign.loops.iterate_report import (
     TABLE_COLUMNS,
     TIMING_COLUMNS,
@@ -76,27 +75,22 @@ from imitalign.loops.iterate_report import (
     summarize_runs,
     write_iterate_report,
 )
-from imitalign.loops.launch import fault_point, run_stage_job
-from imitalign.loops.pairs import (
-    DEMO_MODES,
-    OWN_SAMPLES,
-    SELF_PLAY,
-    demo_lookup,
-    make_pairs,
-    own_sample_data,
-    self_play_pairs,
+from imitalign.loops.iterate_stages import (
+    eval_stage,
+    load_causal,
+    offline_stage,
+    prompts_stage,
+    select_stage,
 )
-from imitalign.loops.rejection import accept
+from imitalign.loops.launch import run_stage_job
+from imitalign.loops.pairs import OWN_SAMPLES
 from imitalign.loops.scoring import read_rows, write_rows
 from imitalign.loops.stage_jobs import CONFIG_NAME, generate_stage, gold_column_source, score_stage, stage_command
 from imitalign.loops.stages import model_fingerprint, read_json, seal_stage, stage_todo, train_or_reuse, write_json
 from imitalign.manifest import MODEL_MANIFEST
 from imitalign.processes import is_main, on_main, process_count
-from imitalign.reward.base import RewardError, RewardSource, load_reward, score_rows
 
-log = logging.getLogger(__name__)
-
-__all__ = [  # the config models and the report live in iterate_config.py / iterate_report.py; importable here
+__all__ = [  # the config, preflight and report modules' public names, importable here
     "TABLE_COLUMNS",
     "TIMING_COLUMNS",
     "EnhancerConfig",
@@ -128,201 +122,6 @@ __all__ = [  # the config models and the report live in iterate_config.py / iter
 ]
 
 
-class LoopError(ValueError):
-    """A round cannot go on (no pairs, nothing accepted); the message says which round and why."""
-
-
-# ------------------------------------------------------------------------------------------ the loop
-@dataclass
-class Preflight:
-    """What is checked and loaded before the first expensive stage."""
-
-    tokenizer: Any
-    n_prompts: int
-    reward: RewardSource | None  # None: a demonstration pairing without a reward
-    eval_reward: RewardSource | None
-    eval_prompts: Any = None  # PromptSet
-    eval_pairs: list[dict[str, Any]] = field(default_factory=list)
-    side_reward: RewardSource | None = None  # the loop's reward, also reported on eval samples
-
-
-def _data_section(cfg: IterateConfig) -> dict[str, Any]:
-    data = {"chat_template": "auto", "max_length": 1024, **cfg.train.data}
-    return data
-
-
-def _policy_kind(cfg: IterateConfig) -> str:
-    sft = cfg.rejection is not None and cfg.rejection.form == "sft"
-    return "token" if sft or cfg.pairs.mode == OWN_SAMPLES else "pair"
-
-
-def _policy_samples_path(data_path: Path) -> Path:
-    """The own samples that go with a round's training file (``pairs.mode: own_samples``)."""
-    return data_path.with_name(data_path.name.replace("train_data", "policy_samples"))
-
-
-def train_config(cfg: IterateConfig, t: int, init_model: str, ref_model: str, data_path: Path, out: Path) -> Config:
-    """The ``imitalign train`` config of round ``t``."""
-    spec = objectives.get(cfg.train.objective.name)
-    fmt = "preference" if spec.kind == "pair" else "demonstration"
-    raw: dict[str, Any] = {
-        "run": {"output_dir": str(out), "seed": cfg.run.seed * 1000 + t, "name": f"{cfg.run.name or 'iterate'}-r{t}"},
-        "model": {**cfg.train.model, "name_or_path": init_model},
-        "data": {**_data_section(cfg), "train": {"path": str(data_path), "format": fmt}},
-    }
-    if cfg.pairs.mode == OWN_SAMPLES:  # online IQLearn: the policy's own samples feed the TD term
-        raw["data"]["policy_samples"] = {"path": str(_policy_samples_path(data_path)), "format": "demonstration"}
-    if cfg.offline is not None:  # the offline file's rows, copied as they are
-        raw["data"]["train"].update(format=cfg.offline.format, columns=cfg.offline.columns)
-    raw |= {
-        "objective": cfg.train.objective.model_dump(),
-        "train": dict(cfg.train.train),
-    }
-    if spec.needs_reference:
-        raw["reference"] = {"mode": "copy", **cfg.train.reference, "name_or_path": ref_model}
-    return load_config(None, raw=raw)
-
-
-def _probe(source: RewardSource, prompt: Any) -> None:
-    """Score two made-up rows: a reward that fails, returns the wrong count or non-finite values fails here."""
-    rows = [{"prompt": prompt, "response": "", "probe": True}, {"prompt": prompt, "response": "a", "probe": True}]
-    try:
-        score_rows(source, rows)
-    except RewardError as e:
-        raise RewardError(f"reward check before sampling failed: {e}") from None
-    except Exception as e:  # noqa: BLE001 - a user function's own failure, reported as such
-        raise RewardError(
-            f"reward {source.name!r} failed on a test row before sampling: {type(e).__name__}: {e}"
-        ) from e
-
-
-def _prompt_set(source: Any, tok: Any, data: dict[str, Any], max_new_tokens: int) -> Any:
-    """A prompt file rendered as the policy is trained (the ``train.data`` rendering), leaving room for
-    ``max_new_tokens`` (a :class:`imitalign.generate.kshot.PromptSet`)."""
-    from imitalign.generate.kshot import load_prompt_set
-
-    return load_prompt_set(
-        source,
-        tok,
-        chat_template=data["chat_template"],
-        system_prompt=data.get("system_prompt"),
-        max_length=data["max_length"],
-        max_prompt_length=data.get("max_prompt_length"),
-        max_new_tokens=max_new_tokens,
-    )
-
-
-def _eval_prompt_set(cfg: IterateConfig, tok: Any, data: dict[str, Any]) -> Any:
-    assert cfg.eval is not None
-    return _prompt_set(cfg.eval.prompts, tok, data, cfg.eval.max_new_tokens or cfg.generate.max_new_tokens)
-
-
-def preflight(cfg: IterateConfig, say: Callable[[str], None]) -> Preflight:
-    """Check everything that can be checked before sampling: the objective and its kind, a training config,
-    the prompt file(s), the reward source(s) (built and probed)."""
-    from imitalign.config import ModelConfig
-    from imitalign.model.load import load_tokenizer
-
-    spec = objectives.get(cfg.train.objective.name)
-    objectives.build(cfg.train.objective.name, cfg.train.objective.options)
-    want = _policy_kind(cfg)
-    if spec.kind != want:
-        if cfg.pairs.mode == OWN_SAMPLES:
-            what, names = "pairs.mode own_samples (online IQLearn)", "iqlearn with options.alpha > 0"
-        elif want == "token":
-            what, names = "SFT on accepted samples (rejection.form sft)", "mle"
-        else:
-            what, names = "training on pairs", "dpo, ipo, dil_lsif, dil_bce, ..."
-        raise ConfigError(
-            f"train.objective {spec.name!r} is of kind {spec.kind!r}, but {what} needs a {want!r} objective ({names})"
-        )
-    if cfg.pairs.mode == OWN_SAMPLES:
-        alpha = {**spec.defaults, **cfg.train.objective.options}.get("alpha", 0.0)
-        if not (isinstance(alpha, int | float) and alpha > 0):
-            raise ConfigError(
-                f"pairs.mode own_samples feeds the policy's samples into the TD term of iqlearn, weighted by "
-                f"train.objective.options.alpha, which is {alpha!r} here (objective {spec.name!r}); set alpha in "
-                "(0, 1] (alpha = 0 ignores the samples: offline IQLearn, which imitalign train runs directly)"
-            )
-    train_config(cfg, 1, cfg.policy, cfg.policy, Path("pairs.jsonl"), Path(cfg.run.output_dir) / "check")
-    if cfg.generate.enhancer is not None:
-        k_e = round(cfg.generate.enhancer.fraction * cfg.generate.k)
-        if not 1 <= k_e < cfg.generate.k:
-            raise ConfigError(
-                f"generate.enhancer.fraction {cfg.generate.enhancer.fraction} of K = {cfg.generate.k} gives "
-                f"{k_e} enhancer samples per prompt; it must leave 1..K-1"
-            )
-    if cfg.offline is None:
-        from imitalign.generate.kshot import resolve_backend
-
-        try:
-            resolve_backend(cfg.generate.backend, process_count())
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-    tok = load_tokenizer(ModelConfig(name_or_path=cfg.policy))
-    data = _data_section(cfg)
-    if cfg.offline is not None:
-        return _preflight_offline(cfg, tok, data, say)
-    assert cfg.prompts is not None
-    prompt_set = _prompt_set(cfg.prompts.source, tok, data, cfg.generate.max_new_tokens)
-    reward = None if cfg.reward is None else load_reward(cfg.reward)  # None: a demonstration mode
-    if reward is not None:
-        _probe(reward, prompt_set.prompts[0])
-    pf = Preflight(tok, len(prompt_set), reward, None)
-    if cfg.eval is not None:
-        pf.eval_prompts = _eval_prompt_set(cfg, tok, data)
-        if len(pf.eval_prompts) < 2:
-            say(f"WARNING: eval has {len(pf.eval_prompts)} usable prompt(s): no standard error can be given")
-        if cfg.eval.reward is not None and cfg.eval.reward != cfg.reward:
-            pf.eval_reward = load_reward(cfg.eval.reward)
-            _probe(pf.eval_reward, pf.eval_prompts.prompts[0])
-            pf.side_reward = reward
-        else:
-            pf.eval_reward = reward
-        if cfg.eval.pairs:
-            pf.eval_pairs = read_rows(cfg.eval.pairs)
-    if cfg.pairs.mode in DEMO_MODES:
-        _demos(cfg)  # readable, not empty
-    if cfg.reference == "previous" and cfg.pairs.mode != SELF_PLAY:  # (SPIN's own choice: no warning)
-        say("WARNING: reference = previous iterate (π_{t-1}), not π_0 — the authors found this less stable")
-    say(
-        f"{len(prompt_set)} prompts; K = {cfg.generate.k}; reward {reward.name if reward else 'none'}; "
-        f"{cfg.rounds} rounds of "
-        f"{cfg.prompts.per_round} prompts"
-    )
-    return pf
-
-
-def _preflight_offline(cfg: IterateConfig, tok: Any, data: dict[str, Any], say: Callable[[str], None]) -> Preflight:
-    from imitalign.data.dataset import validate_data
-
-    assert cfg.offline is not None and cfg.eval is not None
-    validate_data(
-        load_config(
-            None, raw={"model": {"name_or_path": cfg.policy}, "data": {**data, "train": cfg.offline.model_dump()}}
-        ).data,
-        "preference",
-    )
-    reward = load_reward(cfg.eval.reward or cfg.reward)  # type: ignore[arg-type]
-    pf = Preflight(tok, 0, reward, reward)
-    pf.eval_prompts = _eval_prompt_set(cfg, tok, data)
-    _probe(reward, pf.eval_prompts.prompts[0])
-    if cfg.eval.pairs:
-        pf.eval_pairs = read_rows(cfg.eval.pairs)
-    say(f"offline: one round on {cfg.offline.path}")
-    return pf
-
-
-def _round_prompts(cfg: IterateConfig, n: int, t: int) -> list[int]:
-    import random
-
-    order = list(range(n))
-    if cfg.prompts.shuffle:
-        random.Random(f"{cfg.run.seed}:prompts").shuffle(order)
-    start = (t - 1) * cfg.prompts.per_round if cfg.prompts.fresh else 0
-    return [order[(start + i) % n] for i in range(cfg.prompts.per_round)]
-
-
 class Interrupted(RuntimeError):
     """Raised by an ``on_stage`` hook to stop a run between stages (tests simulate a kill with it)."""
 
@@ -336,184 +135,6 @@ class IterateResult:
     ran: list[tuple[int, str]]  # (round, stage) pairs executed by this call (not reused)
 
 
-def _load_causal(path: str) -> Any:
-    """A causal LM for evaluation, on the GPU when there is one."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(path).to(device).eval()
-
-
-def _evaluate(
-    cfg: IterateConfig, pf: Preflight, model_dir: str, pi0: Any, baseline: list[float] | None
-) -> dict[str, Any]:
-    from imitalign.eval.evaluate import evaluate_model
-
-    assert cfg.eval is not None and pf.eval_reward is not None
-    side: list[float] = []
-
-    def reward_fn(rows: list[dict[str, Any]]) -> list[float]:
-        if pf.side_reward is not None:
-            side.extend(score_rows(pf.side_reward, rows))
-        return score_rows(pf.eval_reward, rows)  # type: ignore[arg-type]
-
-    model = _load_causal(model_dir)
-    res = evaluate_model(
-        model,
-        pf.tokenizer,
-        pf.eval_prompts.prompts,
-        prompt_ids=pf.eval_prompts.prompt_ids,
-        reward_fn=reward_fn,
-        reference_model=pi0,
-        baseline_scores=baseline,
-        heldout_pairs=pf.eval_pairs or None,
-        n=cfg.eval.n,
-        seed=cfg.eval.seed,
-        temperature=cfg.eval.temperature,
-        max_new_tokens=cfg.eval.max_new_tokens or cfg.generate.max_new_tokens,
-        batch_size=cfg.eval.batch_size,
-    )
-    if side:
-        from imitalign.eval.metrics import cluster_mean_se
-
-        m, se = cluster_mean_se(side, res["per_sample"]["prompt_index"])
-        res["loop_reward"] = {"mean": m, "se": se}
-    return res
-
-
-def _sample_stage(cfg: IterateConfig, rd: Path, t: int, model: str, pi0: str) -> dict[str, Any]:
-    from imitalign.config import ModelConfig
-    from imitalign.generate.kshot import generate_k, load_prompt_set
-    from imitalign.model.load import load_tokenizer
-
-    g = cfg.generate
-    data = _data_section(cfg)
-    tok = load_tokenizer(ModelConfig(name_or_path=model))
-    prompts = load_prompt_set(
-        str(rd / "prompts.jsonl"),
-        tok,
-        chat_template=data["chat_template"],
-        system_prompt=data.get("system_prompt"),
-        max_length=data["max_length"],
-        max_prompt_length=data.get("max_prompt_length"),
-        max_new_tokens=g.max_new_tokens,
-    )
-    seed = cfg.run.seed * 1000 + t
-    common = {
-        "top_p": g.top_p,
-        "max_new_tokens": g.max_new_tokens,
-        "batch_size": g.batch_size,
-        "backend": g.backend,
-        "dtype": g.dtype,
-        "tensor_parallel_size": g.tensor_parallel_size,
-        "after_shard": lambda: fault_point("generate", t),
-    }
-    if g.enhancer is None:
-        st = generate_k(
-            model,
-            prompts,
-            rd / "samples.jsonl",
-            k=g.k,
-            temperature=g.temperature,
-            seed=seed,
-            policy=f"pi_{t - 1}",
-            **common,
-        )
-        return {"generation": st.to_dict()}
-    k_e = round(g.enhancer.fraction * g.k)
-    k_p = g.k - k_e
-    enh_model = pi0 if g.enhancer.policy == "initial" else model
-    st_p = generate_k(
-        model,
-        prompts,
-        rd / "samples_policy.jsonl",
-        k=k_p,
-        temperature=g.temperature,
-        seed=seed,
-        policy=f"pi_{t - 1}",
-        **common,
-    )
-    st_e = generate_k(
-        enh_model,
-        prompts,
-        rd / "samples_enhancer.jsonl",
-        k=k_e,
-        temperature=g.enhancer.temperature or g.temperature,
-        seed=seed + 500_000,
-        policy="enhancer",
-        **common,
-    )
-    if not is_main():  # the main process merges the two files
-        return {}
-    rows = read_rows(rd / "samples_policy.jsonl")
-    for row in read_rows(rd / "samples_enhancer.jsonl"):
-        rows.append({**row, "sample_idx": row["sample_idx"] + k_p})
-    rows.sort(key=lambda r: (r["prompt_index"], r["sample_idx"]))
-    write_rows(rd / "samples.jsonl", rows)
-    merged = st_p.to_dict()
-    merged.update(tokens=st_p.tokens + st_e.tokens, seconds=st_p.seconds + st_e.seconds, samples=len(rows))
-    merged["tokens_per_s"] = merged["tokens"] / merged["seconds"] if merged["seconds"] else 0.0
-    merged["enhancer"] = {"k": k_e, "policy": g.enhancer.policy, **st_e.to_dict()}
-    return {"generation": merged}
-
-
-def _select_stage(cfg: IterateConfig, rd: Path, t: int, rows: list[dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
-    """Pairs (or accepted samples) of round ``t``: the training file and its stats."""
-    seed = cfg.run.seed * 1000 + t
-    info: dict[str, Any] = {}
-    if cfg.rejection is not None:
-        eta = cfg.rejection.step_eta(t)
-        accepted, st = accept(rows, eta=eta, method=cfg.rejection.acceptance, seed=seed)
-        info["rejection"] = {"eta_target": cfg.rejection.etas[t - 1], "eta_step": eta, **st}
-        write_rows(rd / "accepted.jsonl", accepted)
-        if not accepted:
-            raise LoopError(f"round {t}: no sample was accepted")
-        if cfg.rejection.form == "sft":
-            out = write_rows(
-                rd / "train_data.jsonl",
-                [{"prompt": r["prompt"], "response": r["response"], "score": r["score"]} for r in accepted],
-            )
-            info["train_examples"] = len(accepted)
-            return out, info
-        rows = accepted
-        pairs, pst = make_pairs(rows, mode="max_min", tie_eps=cfg.pairs.tie_eps, seed=seed)
-    elif cfg.pairs.mode == SELF_PLAY:  # SPIN / GSIL: demonstration vs own sample
-        pairs, pst = self_play_pairs(rows, _demos(cfg), seed=seed)
-    elif cfg.pairs.mode == OWN_SAMPLES:  # online IQLearn: demonstrations + the policy's own samples (TD term)
-        demo_rows, own_rows, ost = own_sample_data(rows, _demos(cfg))
-        info["own_samples"] = ost
-        if not demo_rows or not own_rows:
-            raise LoopError(f"round {t}: nothing to train on ({ost}); check that pairs.demos has these prompts")
-        write_rows(_policy_samples_path(rd / "train_data.jsonl"), own_rows)
-        info["train_examples"] = len(demo_rows)
-        return write_rows(rd / "train_data.jsonl", demo_rows), info
-    else:
-        p = cfg.pairs
-        pairs, pst = make_pairs(rows, mode=p.mode, length_penalty=p.length_penalty, tie_eps=p.tie_eps, seed=seed)
-    info["pairs"] = pst.to_dict()
-    if pairs and "chosen_gold" in pairs[0]:
-        info["pairs"]["gold_agreement"] = statistics.fmean(float(q["chosen_gold"] > q["rejected_gold"]) for q in pairs)
-    if not pairs:
-        raise LoopError(f"round {t}: no pairs ({pst.summary()}); raise K or check the reward")
-    info["train_examples"] = len(pairs)
-    return write_rows(rd / "train_data.jsonl", pairs), info
-
-
-def _demos(cfg: IterateConfig) -> dict[str, list[str]]:
-    """The demonstrations of ``pairs.demos`` by prompt (self-play pairing), read through the data layer (rows with
-    an empty response are skipped and counted there)."""
-    from imitalign.data.dataset import read_records
-    from imitalign.data.records import DemonstrationRecord
-
-    assert cfg.pairs.demos is not None
-    records, _ = read_records(cfg.pairs.demos, kind="demonstration")
-    rows = [{"prompt": r.prompt, "response": r.response} for r in records if isinstance(r, DemonstrationRecord)]
-    if not rows:
-        raise LoopError(f"pairs.demos {cfg.pairs.demos.path}: no demonstrations (prompt, response)")
-    return demo_lookup(rows)
-
-
 def _same_run(saved: Any, dumped: dict[str, Any]) -> bool:
     """The saved config is this one (validated with the current schema, so later fields with defaults match)."""
     if saved == dumped:
@@ -522,62 +143,6 @@ def _same_run(saved: Any, dumped: dict[str, Any]) -> bool:
         return parse_iterate_config(saved).model_dump(mode="json", exclude={"launch"}) == dumped
     except ConfigError:
         return False
-
-
-def _eval_stage(
-    cfg: IterateConfig, pf: Preflight, model_dir: str, pi0: Any, baseline: list[float] | None, rd: Path
-) -> None:
-    t0 = time.perf_counter()
-    res = _evaluate(cfg, pf, model_dir, pi0, baseline)
-    res["seconds"] = time.perf_counter() - t0
-    write_json(rd / "eval.json", res)
-
-
-def _offline_stage(cfg: IterateConfig, rd: Path) -> None:
-    """The offline baseline's training file: the fixed preference file's rows, copied as they are."""
-    from imitalign.data.sources import iter_rows
-
-    assert cfg.offline is not None
-    rows = [row for _, row in iter_rows(cfg.offline.path, cfg.offline.split, cfg.offline.limit)]
-    write_rows(rd / "train_data.jsonl", rows)
-    write_json(rd / "selection.json", {"offline": cfg.offline.path, "train_examples": len(rows)})
-
-
-def _score_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int) -> None:
-    """``scored.jsonl`` and ``scoring.json`` (:func:`imitalign.loops.stage_jobs.score_stage`; every process
-    scores its shard, the main process writes)."""
-    score_stage(cfg, pf.reward, gold_column_source(cfg, pf.eval_reward), rd, t)
-
-
-def _prompts_stage(cfg: IterateConfig, pf: Preflight, rd: Path, t: int, prompt_set: Any) -> Any:
-    """``prompts.jsonl``: the round's slice of the prompt set (loaded once, returned for the next rounds)."""
-    from imitalign.generate.kshot import RESERVED, load_prompt_set
-
-    assert cfg.prompts is not None
-    if prompt_set is None:
-        data = _data_section(cfg)
-        prompt_set = load_prompt_set(
-            cfg.prompts.source,
-            pf.tokenizer,
-            chat_template=data["chat_template"],
-            system_prompt=data.get("system_prompt"),
-            max_length=data["max_length"],
-            max_prompt_length=data.get("max_prompt_length"),
-            max_new_tokens=cfg.generate.max_new_tokens,
-        )
-    idx = _round_prompts(cfg, len(prompt_set), t)
-    write_rows(
-        rd / "prompts.jsonl",
-        [
-            {
-                **{k: v for k, v in prompt_set.extras[i].items() if k not in RESERVED},
-                "prompt": prompt_set.prompts[i],
-                "source_index": i,
-            }
-            for i in idx
-        ],
-    )
-    return prompt_set
 
 
 def iterate(
@@ -622,7 +187,7 @@ def run_iterate(
     pi0 = cfg.policy
     run.pi0_fp = on_main(lambda: model_fingerprint(pi0) if Path(pi0).is_dir() else None)  # (main process only)
     if cfg.eval is not None and main and not cfg.launch.any():  # (launched stages need the GPUs: loaded per eval)
-        run.pi0_model = _load_causal(pi0)
+        run.pi0_model = load_causal(pi0)
 
     # round 0: π_0 itself
     r0 = root / "round_0"
@@ -697,8 +262,8 @@ class _Run:
     def evaluate(self, model_dir: str, baseline: list[float] | None, rd: Path) -> None:
         """``eval.json`` of ``model_dir``; π_0 is the one kept loaded, or (stages launched as jobs, which need the
         GPUs in between) loaded for this evaluation only."""
-        pi0 = self.pi0_model if self.pi0_model is not None else _load_causal(self.cfg.policy)
-        _eval_stage(self.cfg, self.pf, model_dir, pi0, baseline, rd)
+        pi0 = self.pi0_model if self.pi0_model is not None else load_causal(self.cfg.policy)
+        eval_stage(self.cfg, self.pf, model_dir, pi0, baseline, rd)
 
     def job(self, stage: str, t: int, **paths: str | None) -> bool:
         """Run ``stage`` of round ``t`` as its own launched job when the config's ``launch`` names it."""
@@ -731,11 +296,11 @@ def _data_stages(run: _Run, rd: Path, t: int, model: str, prompt_set: Any) -> An
     cfg, pf, say = run.cfg, run.pf, run.say
     selected = [rd / "train_data.jsonl", rd / "selection.json"]
     if cfg.offline is not None and run.todo(rd, t, "pairs", selected):  # the offline baseline
-        on_main(lambda: _offline_stage(cfg, rd))
+        on_main(lambda: offline_stage(cfg, rd))
         run.done(t, "pairs")
     if cfg.offline is None:
         if run.todo(rd, t, "prompts", [rd / "prompts.jsonl"]):
-            prompt_set = on_main(lambda ps=prompt_set: _prompts_stage(cfg, pf, rd, t, ps))
+            prompt_set = on_main(lambda ps=prompt_set: prompts_stage(cfg, pf, rd, t, ps))
             run.done(t, "prompts")
         samples = [rd / "samples.jsonl", rd / "generation.json"]
         if run.todo(rd, t, "samples", samples, [rd / "prompts.jsonl", *run.model_input(model)]):  # every process
@@ -746,13 +311,13 @@ def _data_stages(run: _Run, rd: Path, t: int, model: str, prompt_set: Any) -> An
         if run.todo(rd, t, "scored", [rd / "scored.jsonl", rd / "scoring.json"], [rd / "samples.jsonl"]):
             # every process (of the job) scores its shard of the samples
             if not run.job("score", t):
-                _score_stage(cfg, pf, rd, t)
+                score_stage(cfg, pf.reward, gold_column_source(cfg, pf.eval_reward), rd, t)
             run.done(t, "scored")
     optional = [rd / "accepted.jsonl", rd / "policy_samples.jsonl"]
     if cfg.offline is None and run.todo(rd, t, "pairs", selected, [rd / "scored.jsonl"], optional):  # or accepted
 
         def select() -> None:
-            _, info = _select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
+            _, info = select_stage(cfg, rd, t, read_rows(rd / "scored.jsonl"))
             write_json(rd / "selection.json", info)
             say(f"round {t}: {info.get('pairs', info.get('own_samples', info.get('rejection')))}")
 

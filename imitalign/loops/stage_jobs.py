@@ -44,9 +44,9 @@ def stage_command(config: Path, stage: str, t: int, **paths: str | None) -> list
 # ------------------------------------------------------------------------------------------ generate
 def generate_stage(cfg: Any, rd: Path, t: int, model: str, pi0: str, say: Callable[[str], None]) -> None:
     """``samples.jsonl`` (every process samples its shard) and, on the main process, ``generation.json``."""
-    from imitalign.loops.iterate import _sample_stage
+    from imitalign.loops.iterate_stages import sample_stage
 
-    info = _sample_stage(cfg, rd, t, model, pi0)
+    info = sample_stage(cfg, rd, t, model, pi0)
     if is_main():
         write_json(rd / "generation.json", info["generation"])
         say(
@@ -115,7 +115,7 @@ def train_stage_job(
 ) -> dict[str, Any]:
     """The round's training run (the config of :func:`imitalign.loops.iterate.train_config`), reused when finished
     and resumed from its newest checkpoint of the same config when a job was killed half-way."""
-    from imitalign.loops.iterate import train_config
+    from imitalign.loops.iterate_preflight import train_config
 
     tcfg = train_config(cfg, t, init, reference, Path(data), rd / "train")
     fault_after_first_checkpoint(t)
