@@ -20,7 +20,8 @@ passes each row's sequence spans and every sequence runs its own causal attentio
 tensors computed by the collator on the host (``target_index``, ``target_seq``, ``target_pos``, ``token_mask``);
 with them the engine gathers the response positions with ``index_select`` and scatters results with
 ``index_put``, so the step has no boolean-mask indexing (which on an accelerator forces a host-device sync to
-learn the output size). Without them (hand-made padded batches) the boolean-mask path below is used; both give identical numbers.
+learn the output size). Without them (hand-made padded batches) the boolean-mask path below is used; both give
+identical numbers.
 
 ``LogProbModel`` wraps a ``transformers`` causal LM (or a peft model around one) as an ``nn.Module`` whose
 ``forward`` returns the per-token tensors. It is what the trainer hands to ``accelerate.prepare``: DDP/FSDP
