@@ -19,14 +19,16 @@ VERSION = 1
 
 
 def digest(path: str | Path) -> dict[str, Any]:
-    """``{"bytes": size, "sha256": hex}`` of a file (read in 1 MiB chunks)."""
+    """``{"bytes": size, "sha256": hex, "mtime_ns": m}`` of a file (read in 1 MiB chunks); ``m`` is the
+    modification time when the read began, so a file written while it was hashed never matches it later."""
     h = hashlib.sha256()
     size = 0
     with open(path, "rb") as f:
+        mtime_ns = os.fstat(f.fileno()).st_mtime_ns
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
             size += len(chunk)
-    return {"bytes": size, "sha256": h.hexdigest()}
+    return {"bytes": size, "sha256": h.hexdigest(), "mtime_ns": mtime_ns}
 
 
 def _key(path: Path, base: Path) -> str:
@@ -61,22 +63,32 @@ def write(path: str | Path, outputs: Iterable[str | Path], inputs: Iterable[str 
     return path
 
 
-def _differs(name: str, want: dict[str, Any], base: Path, sizes_only: bool = False) -> str | None:
+def _differs(name: str, want: dict[str, Any], base: Path, sizes_only: bool = False, full: bool = False) -> str | None:
+    """Why the file ``name`` is not the one recorded in ``want``, or None. Its content is re-hashed only when its
+    size or modification time differs from the recorded ones (or with ``full``): a file whose size and
+    nanosecond mtime are those it had when hashed is taken as unchanged — the check make and rsync rely on, and
+    what keeps the check of a multi-GB model folder from reading it again at every stage. Blind spot: a write
+    that keeps the size and then resets the mtime by hand; ``full=True`` re-hashes every file."""
     p = Path(name) if os.path.isabs(name) else base / name
     if not p.is_file():
         return f"{p} is missing"
-    size = p.stat().st_size
-    if size != want.get("bytes"):
-        return f"{p} has {size} bytes, {want.get('bytes')} were written"
-    if not sizes_only and digest(p)["sha256"] != want.get("sha256"):
+    st = p.stat()
+    if st.st_size != want.get("bytes"):
+        return f"{p} has {st.st_size} bytes, {want.get('bytes')} were written"
+    if sizes_only or (not full and want.get("mtime_ns") == st.st_mtime_ns):
+        return None
+    if digest(p)["sha256"] != want.get("sha256"):
         return f"{p} changed since it was written (its content hash differs)"
     return None
 
 
-def check(path: str | Path, inputs: Iterable[str | Path] | None = None, sizes_only: bool = False) -> str | None:
+def check(
+    path: str | Path, inputs: Iterable[str | Path] | None = None, sizes_only: bool = False, full: bool = False
+) -> str | None:
     """None when the manifest ``path`` exists and every file it records is unchanged (and, given ``inputs``,
     they are the inputs it records); else the reason, in words. ``sizes_only``: compare sizes, not hashes (a
-    cheap check for truncation before a load)."""
+    cheap check for truncation before a load). A file is re-hashed only when its size or mtime moved, unless
+    ``full`` (see :func:`_differs`)."""
     path = Path(path)
     if not path.is_file():
         return f"{path.name} (its manifest) is missing: the stage was not finished"
@@ -87,7 +99,7 @@ def check(path: str | Path, inputs: Iterable[str | Path] | None = None, sizes_on
         return f"{path} is not a readable manifest"
     base = path.parent
     for name, want in {**outputs, **recorded_inputs}.items():
-        reason = _differs(name, want, base, sizes_only)
+        reason = _differs(name, want, base, sizes_only, full)
         if reason:
             return reason
     if inputs is not None:
@@ -107,10 +119,10 @@ def seal_model(model_dir: str | Path) -> Path:
     return write(folder / MODEL_MANIFEST, [folder])
 
 
-def check_model(model_dir: str | Path, sizes_only: bool = False) -> str | None:
+def check_model(model_dir: str | Path, sizes_only: bool = False, full: bool = False) -> str | None:
     """None when the model folder matches the manifest written when it was saved; else the reason (a truncated
     weights file, a file edited or removed, no manifest: the save did not finish)."""
     folder = Path(model_dir)
     if not folder.is_dir():
         return f"{folder} does not exist"
-    return check(folder / MODEL_MANIFEST, sizes_only=sizes_only)
+    return check(folder / MODEL_MANIFEST, sizes_only=sizes_only, full=full)
