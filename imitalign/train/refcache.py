@@ -124,6 +124,7 @@ def hash_token_rows(items: Iterable[Any]) -> str:
 ENGINE_MODULES = (  # what computes a reference log-prob, from token ids to the [n, 2] tensor
     "imitalign.model.logprobs",
     "imitalign.model.packing",
+    "imitalign.model.segment_attention",
     "imitalign.data.collate",
     "imitalign.train.steps",
     "imitalign.train.reference",

@@ -78,6 +78,13 @@ def _weights_fingerprint(cfg: Config, model: torch.nn.Module, mode: str) -> str:
     return "tensors:" + refcache.hash_weights(model)
 
 
+def _attention_name(model: torch.nn.Module) -> str | None:
+    """The attention implementation in the cache key; segment attention is sdpa run per packed sequence (the same
+    numbers as sdpa's masked and padded forms), so a packed and a padded run of the same data share an entry."""
+    name = getattr(getattr(model, "config", None), "_attn_implementation", None)
+    return "sdpa" if name == segment_attention.NAME else name
+
+
 @torch.no_grad()
 def compute_reference_logps(
     ref: Any, items: list, mine: list[int], pad_id: int, batch_size: int, packing: bool, accelerator: Any, bar: Any
@@ -121,7 +128,7 @@ def precompute_reference(
             n=len(items),
             dtype=cfg.model.dtype,
             mixed_precision=str(accelerator.mixed_precision),
-            attn=getattr(getattr(model, "config", None), "_attn_implementation", None),
+            attn=_attention_name(model),
         )
         key = refcache.fingerprint_key(fingerprint)
         hit = cache.load(key, len(items))
