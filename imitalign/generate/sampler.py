@@ -167,6 +167,57 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[list[int]]:
 
 
 @torch.no_grad()
+def _generation_config(max_new_tokens: int, eos: list[int], pad: int) -> GenerationConfig:
+    """Greedy decoding on the perturbed scores (sampling is ``_GumbelNoise``), every other rule of the model's own
+    generation config turned off."""
+    return GenerationConfig(
+        do_sample=False,  # sampling is done by _GumbelNoise; greedy on perturbed scores
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        use_cache=True,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_repetition_penalty=1.0,
+        min_new_tokens=0,  # overrides any min_length of the model's config (the processor stays inert)
+        remove_invalid_values=False,
+    )
+
+
+def _warpers(temperature: float, top_p: float, seeds: list[int], max_new_tokens: int) -> list[LogitsProcessor]:
+    """Temperature, top-p and the per-row Gumbel noise (none at temperature 0: greedy)."""
+    if temperature <= 0:
+        return []
+    out: list[LogitsProcessor] = []
+    if temperature != 1.0:
+        out.append(TemperatureLogitsWarper(temperature))
+    if top_p < 1.0:
+        out.append(TopPLogitsWarper(top_p))
+    out.append(_GumbelNoise(seeds, max_new_tokens))
+    return out
+
+
+def _sample_of(
+    new: torch.Tensor, logps: torch.Tensor, entropies: torch.Tensor, eos: list[int], tokenizer: Any,
+    prompt_index: int, sample_idx: int,
+) -> Sample:
+    """One generated row cut at its first EOS (kept in ``response_ids``, not in ``text``)."""
+    hits = torch.isin(new, torch.tensor(eos)).nonzero()
+    finished = hits.numel() > 0
+    length = int(hits[0]) + 1 if finished else new.shape[0]
+    ids = new[:length].tolist()
+    return Sample(
+        prompt_index=prompt_index,
+        sample_idx=sample_idx,
+        response_ids=ids,
+        text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
+        token_logps=logps[:length].tolist(),
+        finished=finished,
+        token_entropies=entropies[:length].tolist(),
+    )
+
+
 def sample(
     model: nn.Module,
     tokenizer: Any,
@@ -211,19 +262,7 @@ def sample(
         from rich.progress import track
 
         batches = track(batches, description="sampling")
-    gen_config = GenerationConfig(
-        do_sample=False,  # sampling is done by _GumbelNoise; greedy on perturbed scores
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        pad_token_id=pad,
-        use_cache=True,
-        repetition_penalty=1.0,
-        no_repeat_ngram_size=0,
-        encoder_repetition_penalty=1.0,
-        min_new_tokens=0,  # overrides any min_length of the model's config (the processor stays inert)
-        remove_invalid_values=False,
-    )
+    gen_config = _generation_config(max_new_tokens, eos, pad)
     was_training = model.training
     model.eval()
     out: dict[tuple[int, int], Sample] = {}
@@ -232,13 +271,8 @@ def sample(
             prompts = collate_prompts([TokenizedPrompt(list(prompt_ids[i]), "") for i, _ in batch], pad)
             width = prompts["input_ids"].shape[1]
             recorder = _Recorder()
-            processors: list[LogitsProcessor] = [recorder]
-            if temperature > 0:
-                if temperature != 1.0:
-                    processors.append(TemperatureLogitsWarper(temperature))
-                if top_p < 1.0:
-                    processors.append(TopPLogitsWarper(top_p))
-                processors.append(_GumbelNoise([row_seed(seed, names[i], j) for i, j in batch], max_new_tokens))
+            seeds = [row_seed(seed, names[i], j) for i, j in batch]
+            processors = [recorder, *_warpers(temperature, top_p, seeds, max_new_tokens)]
             sequences = model.generate(
                 input_ids=prompts["input_ids"].to(device),
                 attention_mask=prompts["attention_mask"].to(device),
@@ -248,22 +282,8 @@ def sample(
             new = sequences[:, width:]
             logps, entropies = recorder.finish(new[:, -1])
             new, logps, entropies = new.cpu(), logps.cpu(), entropies.cpu()
-            eos_hits = torch.isin(new, torch.tensor(eos))
             for r, (i, j) in enumerate(batch):
-                hits = eos_hits[r].nonzero()
-                finished = hits.numel() > 0
-                length = int(hits[0]) + 1 if finished else new.shape[1]
-                ids = new[r, :length].tolist()
-                text_ids = ids[:-1] if finished else ids
-                out[(i, j)] = Sample(
-                    prompt_index=names[i],
-                    sample_idx=j,
-                    response_ids=ids,
-                    text=tokenizer.decode(text_ids, skip_special_tokens=True),
-                    token_logps=logps[r, :length].tolist(),
-                    finished=finished,
-                    token_entropies=entropies[r, :length].tolist(),
-                )
+                out[(i, j)] = _sample_of(new[r], logps[r], entropies[r], eos, tokenizer, names[i], j)
     finally:
         model.train(was_training)
     return sorted(out.values(), key=lambda s: (s.prompt_index, s.sample_idx))
