@@ -56,6 +56,32 @@ def require_vllm() -> None:
         )
 
 
+def _sample_of(comp: Any, prompt_index: int, first: int, tokenizer: Any) -> Sample:
+    """One vLLM completion as a :class:`Sample`: the sampled tokens' raw log-probs (each must be there), cut at
+    the stop token (an EOS, the last of ``token_ids``, kept in ``response_ids`` and not in ``text``)."""
+    ids = list(comp.token_ids)
+    steps = list(comp.logprobs or [])
+    if len(steps) != len(ids):
+        raise RuntimeError(f"vLLM returned {len(steps)} log-prob entries for {len(ids)} tokens")
+    logps = []
+    for t, step in zip(ids, steps, strict=True):
+        if not step or t not in step:
+            raise RuntimeError(f"vLLM's log-probs lack the sampled token {t}")
+        logps.append(float(step[t].logprob))
+    if comp.finish_reason not in ("stop", "length"):
+        raise RuntimeError(f"vLLM request for prompt {prompt_index} ended with finish_reason {comp.finish_reason!r}")
+    finished = comp.finish_reason == "stop"
+    return Sample(
+        prompt_index=prompt_index,
+        sample_idx=first + int(comp.index),
+        response_ids=ids,
+        text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
+        token_logps=logps,
+        finished=finished,
+        token_entropies=[],
+    )
+
+
 def sample_vllm(
     model_path: str,
     prompt_ids: Sequence[Sequence[int]],
@@ -118,30 +144,9 @@ def sample_vllm(
             )
             names.append((int(i), copy * per_request))
     outputs = llm.generate(requests, params, use_tqdm=False)
-    samples = []
-    for (i, first), out in zip(names, outputs, strict=True):
-        for comp in out.outputs:
-            ids = list(comp.token_ids)
-            steps = list(comp.logprobs or [])
-            if len(steps) != len(ids):
-                raise RuntimeError(f"vLLM returned {len(steps)} log-prob entries for {len(ids)} tokens")
-            logps = []
-            for t, step in zip(ids, steps, strict=True):
-                if not step or t not in step:
-                    raise RuntimeError(f"vLLM's log-probs lack the sampled token {t}")
-                logps.append(float(step[t].logprob))
-            if comp.finish_reason not in ("stop", "length"):
-                raise RuntimeError(f"vLLM request for prompt {i} ended with finish_reason {comp.finish_reason!r}")
-            finished = comp.finish_reason == "stop"  # the stop token (an EOS) is the last of token_ids
-            samples.append(
-                Sample(
-                    prompt_index=i,
-                    sample_idx=first + int(comp.index),
-                    response_ids=ids,
-                    text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
-                    token_logps=logps,
-                    finished=finished,
-                    token_entropies=[],
-                )
-            )
+    samples = [
+        _sample_of(comp, i, first, tokenizer)
+        for (i, first), out in zip(names, outputs, strict=True)
+        for comp in out.outputs
+    ]
     return sorted(samples, key=lambda s: (s.prompt_index, s.sample_idx))
