@@ -53,6 +53,23 @@ class Sample:
     finished: bool
     token_entropies: list[float] = field(default_factory=list)
 
+    @classmethod
+    def build(
+        cls, tokenizer: Any, prompt_index: int, sample_idx: int, ids: list[int], finished: bool,
+        token_logps: list[float], token_entropies: list[float] | None = None,
+    ) -> Sample:
+        """A sample whose ``text`` is ``ids`` decoded without the final EOS when ``finished`` (the EOS stays in
+        ``response_ids`` and counts in ``logp``) — the rule of every backend."""
+        return cls(
+            prompt_index=prompt_index,
+            sample_idx=sample_idx,
+            response_ids=ids,
+            text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
+            token_logps=token_logps,
+            finished=finished,
+            token_entropies=token_entropies or [],
+        )
+
     @property
     def logp(self) -> float:
         """``log π(y|x) = Σ_t token_logps[t]`` (EOS included when present)."""
@@ -206,16 +223,8 @@ def _sample_of(
     hits = torch.isin(new, torch.tensor(eos)).nonzero()
     finished = hits.numel() > 0
     length = int(hits[0]) + 1 if finished else new.shape[0]
-    ids = new[:length].tolist()
-    return Sample(
-        prompt_index=prompt_index,
-        sample_idx=sample_idx,
-        response_ids=ids,
-        text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
-        token_logps=logps[:length].tolist(),
-        finished=finished,
-        token_entropies=entropies[:length].tolist(),
-    )
+    return Sample.build(tokenizer, prompt_index, sample_idx, new[:length].tolist(), finished,
+                        logps[:length].tolist(), entropies[:length].tolist())
 
 
 def sample(

@@ -71,15 +71,7 @@ def _sample_of(comp: Any, prompt_index: int, first: int, tokenizer: Any) -> Samp
     if comp.finish_reason not in ("stop", "length"):
         raise RuntimeError(f"vLLM request for prompt {prompt_index} ended with finish_reason {comp.finish_reason!r}")
     finished = comp.finish_reason == "stop"
-    return Sample(
-        prompt_index=prompt_index,
-        sample_idx=first + int(comp.index),
-        response_ids=ids,
-        text=tokenizer.decode(ids[:-1] if finished else ids, skip_special_tokens=True),
-        token_logps=logps,
-        finished=finished,
-        token_entropies=[],
-    )
+    return Sample.build(tokenizer, prompt_index, first + int(comp.index), ids, finished, logps)
 
 
 def sample_vllm(

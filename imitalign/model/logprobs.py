@@ -276,11 +276,12 @@ class LogProbModel(nn.Module):
         position_ids: Tensor | None = None,
         target_index: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        causal = _causal_lm(self.lm)
         if position_ids is None:
             model_kw = {"attention_mask": attention_mask}
         else:  # packed rows: the document structure lives in the position ids
             model_kw = {"attention_mask": None, "position_ids": position_ids}
-            if segment_attention.active(self.lm):  # each sequence attends to itself only (segment_attention)
+            if segment_attention.active(causal):  # each sequence attends to itself only (segment_attention)
                 model_kw["segments"] = segment_attention.segments_of(position_ids, attention_mask)
         if target_index is None:
             targets_mask = response_mask[:, 1:]
@@ -292,7 +293,6 @@ class LogProbModel(nn.Module):
             logits = _select(logits, response_mask, target_index).float()
             values = torch.logsumexp(logits, dim=-1)
             return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - values, values
-        causal = _causal_lm(self.lm)
         backbone = getattr(causal, causal.base_model_prefix)
         hidden = backbone(input_ids=input_ids, use_cache=False, **model_kw).last_hidden_state
         hidden = _select(hidden, response_mask, target_index)

@@ -116,6 +116,6 @@ def enable(model: nn.Module) -> bool:
     return True
 
 
-def active(model: nn.Module) -> bool:
-    inner = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-    return getattr(getattr(inner, "config", None), "_attn_implementation", None) == NAME
+def active(causal_lm: nn.Module) -> bool:
+    """Whether ``causal_lm`` (the ``*ForCausalLM`` itself, not a peft wrapper) runs :func:`segment_sdpa`."""
+    return getattr(getattr(causal_lm, "config", None), "_attn_implementation", None) == NAME
